@@ -1,0 +1,2 @@
+#include "bindings.h"
+namespace edgellm_py { void bind_gguf(pybind11::module_&) {} }
