@@ -1,0 +1,154 @@
+"""Quantization quality: SmolLM2 converted by edgellm versus quantized by llama.cpp, per --quant type.
+
+Not a test. For each type: our converter makes the GGUF straight from the fp32 checkpoint; llama.cpp quantizes
+our f16 GGUF of the same checkpoint with `llama_model_quantize`. Both files are scored with llama.cpp's runtime
+(llama-cpp-python) on the same text, windows and threads:
+
+    windows of n_ctx tokens, BOS first, the second half of each window scored, PPL = exp(mean NLL).
+
+Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--n-ctx 512] [--threads 2]
+Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
+Writes bench/results/quant_quality-<date>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the SmolLM2 fp32 checkpoint builder lives with the test fixtures
+
+EVAL_TEXT = Path("/usr/share/common-licenses/GPL-3")
+ALL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
+             "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]
+# our --quant name -> llama.cpp's llama_ftype constant name
+LLAMA_FTYPE = {
+    "f32": "LLAMA_FTYPE_ALL_F32", "f16": "LLAMA_FTYPE_MOSTLY_F16", "bf16": "LLAMA_FTYPE_MOSTLY_BF16",
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+    "q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1", "q2_k": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "q3_k_m": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+}
+
+
+def ensure_llama_cpp():
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("installing llama-cpp-python from its sdist (built once, then cached by pip)...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "pip", "install",
+                        "llama-cpp-python"], check=True)
+    import llama_cpp
+
+    return llama_cpp
+
+
+def llama_quantize(llama_cpp, src: Path, dst: Path, quant: str, threads: int) -> float:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, LLAMA_FTYPE[quant])
+    params.nthread = threads
+    t0 = time.perf_counter()
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed for {quant} (rc={rc})")
+    return time.perf_counter() - t0
+
+
+def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int) -> tuple[float, int]:
+    """PPL as defined above, computed with llama.cpp's runtime. Returns (ppl, scored tokens)."""
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
+    bos = llm.token_bos()
+    n_windows = len(tokens) // n_ctx
+    if n_windows == 0:
+        raise ValueError(f"{EVAL_TEXT}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
+    nll, count = 0.0, 0
+    first = n_ctx // 2
+    for w in range(n_windows):
+        window = list(tokens[w * n_ctx:(w + 1) * n_ctx])
+        window[0] = bos
+        llm.reset()
+        llm.eval(window)
+        logits = np.asarray(llm.scores[:n_ctx], dtype=np.float64)
+        for j in range(first, n_ctx - 1):
+            row = logits[j]
+            m = row.max()
+            logz = m + math.log(np.exp(row - m).sum())
+            nll += logz - row[window[j + 1]]
+            count += 1
+    llm.close()
+    return math.exp(nll / count), count
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--types", default=",".join(ALL_TYPES))
+    ap.add_argument("--n-ctx", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
+    args = ap.parse_args()
+
+    from helpers.cache import cache_dir
+    from helpers.smollm2 import smollm2_checkpoint
+
+    from edgellm.converters.convert import ConvertOptions, convert
+
+    llama_cpp = ensure_llama_cpp()
+    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    work = args.work or (cache_dir() / "bench-quant-quality")
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = smollm2_checkpoint()
+    text = EVAL_TEXT.read_text()
+
+    f16_src = work / "smollm2-edgellm-f16.gguf"
+    if not f16_src.exists():
+        convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
+
+    rows = []
+    for quant in types:
+        ours = work / f"smollm2-edgellm-{quant}.gguf"
+        theirs = work / f"smollm2-llamacpp-{quant}.gguf"
+        t0 = time.perf_counter()
+        convert(ckpt, ours, ConvertOptions(quant=quant, n_threads=args.threads, progress=False))
+        t_ours = time.perf_counter() - t0
+        t_theirs = llama_quantize(llama_cpp, f16_src, theirs, quant, args.threads)
+        ppl_ours, n = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads)
+        ppl_theirs, _ = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads)
+        row = {
+            "quant": quant, "ppl_edgellm": ppl_ours, "ppl_llamacpp": ppl_theirs,
+            "ratio": ppl_ours / ppl_theirs, "size_edgellm": ours.stat().st_size,
+            "size_llamacpp": theirs.stat().st_size, "time_edgellm_s": t_ours, "time_llamacpp_s": t_theirs,
+            "scored_tokens": n,
+        }
+        rows.append(row)
+        print(f"{quant}: edgellm {ppl_ours:.4f}  llama.cpp {ppl_theirs:.4f}", file=sys.stderr, flush=True)
+
+    print(f"\nSmolLM2-135M-Instruct, {EVAL_TEXT}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
+          f"PPL by llama.cpp's runtime, {args.threads} threads\n")
+    print("| quant | PPL edgellm | PPL llama.cpp | ratio | size edgellm MB | size llama.cpp MB | convert s | quantize s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['quant']} | {r['ppl_edgellm']:.4f} | {r['ppl_llamacpp']:.4f} | {r['ratio']:.4f} | "
+              f"{r['size_edgellm'] / 1e6:.1f} | {r['size_llamacpp'] / 1e6:.1f} | {r['time_edgellm_s']:.1f} | "
+              f"{r['time_llamacpp_s']:.1f} |")
+    out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"n_ctx": args.n_ctx, "threads": args.threads, "llama_cpp_python":
+                               getattr(llama_cpp, "__version__", "?"), "rows": rows}, indent=2))
+    print(f"\nwrote {out.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())
