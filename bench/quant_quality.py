@@ -42,7 +42,7 @@ LLAMA_FTYPE = {
 
 def ensure_llama_cpp():
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
     except ImportError:
         print("installing llama-cpp-python from its sdist (built once, then cached by pip)...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "pip", "install",
@@ -98,10 +98,9 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
     args = ap.parse_args()
 
+    from edgellm.converters.convert import ConvertOptions, convert
     from helpers.cache import cache_dir
     from helpers.smollm2 import smollm2_checkpoint
-
-    from edgellm.converters.convert import ConvertOptions, convert
 
     llama_cpp = ensure_llama_cpp()
     types = [t.strip() for t in args.types.split(",") if t.strip()]

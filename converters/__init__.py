@@ -1,0 +1,1 @@
+"""HF checkpoint -> GGUF conversion (`edgellm convert`). Heavy imports stay inside the modules that need them."""

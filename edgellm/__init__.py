@@ -8,4 +8,4 @@ from edgellm.errors import ConversionError, EdgeLLMError, GGUFError
 
 __version__ = "0.1.0"
 
-__all__ = ["EdgeLLMError", "GGUFError", "ConversionError", "__version__"]
+__all__ = ["ConversionError", "EdgeLLMError", "GGUFError", "__version__"]

@@ -1,16 +1,10 @@
-"""The project's exceptions. Native errors arrive as subclasses of EdgeLLMError."""
+"""The project's exceptions. Native errors arrive as EdgeLLMError or its subclass GGUFError."""
 
-from edgellm._core import EdgeLLMError
-
-try:  # registered by the gguf bindings
-    from edgellm._core import GGUFError
-except ImportError:  # pragma: no cover - only while the bindings are being built up
-    class GGUFError(EdgeLLMError):
-        pass
+from edgellm._core import EdgeLLMError, GGUFError
 
 
 class ConversionError(EdgeLLMError):
     """A checkpoint could not be converted: the message names the file and the field."""
 
 
-__all__ = ["EdgeLLMError", "GGUFError", "ConversionError"]
+__all__ = ["ConversionError", "EdgeLLMError", "GGUFError"]

@@ -17,8 +17,10 @@ py::object& edgellm_error() {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "edgellm native core";
     auto& base = edgellm_py::edgellm_error();
+    // register_exception also installs the translator; subclasses registered later (GGUFError)
+    // are tried first, so they win for their own C++ types.
     base = py::reinterpret_borrow<py::object>(
-        py::exception<edgellm::Error>(m, "EdgeLLMError", PyExc_RuntimeError).ptr());
+        py::register_exception<edgellm::Error>(m, "EdgeLLMError", PyExc_RuntimeError).ptr());
     edgellm_py::bind_quant(m);
     edgellm_py::bind_gguf(m);
 }

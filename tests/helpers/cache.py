@@ -22,7 +22,7 @@ def cache_dir() -> Path:
 
 
 def cached_dir(name: str, build: Callable[[Path], None]) -> Path:
-    """The folder `cache_dir()/name`, made by `build(tmp_folder)` on first use and renamed into place atomically."""
+    """`cache_dir()/name`, made by `build(tmp_folder)` on first use and renamed into place atomically."""
     final = cache_dir() / name
     if final.is_dir():
         return final

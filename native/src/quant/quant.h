@@ -47,8 +47,13 @@ size_t row_size(Type type, int64_t n_per_row);
 
 // Quantize nrows rows of n_per_row floats (src: (nrows, n_per_row), row-major) into dst
 // (nrows * row_size bytes). imatrix, when not null, holds n_per_row non-negative importance
-// weights per column: quantizers minimise sum_j imatrix[j] * (x_j - q_j)^2 instead of the plain
-// squared error. Rows are split over n_threads (0: all cores). Throws edgellm::Error on bad input.
+// weights per column: quantizers minimise sum_j imatrix[j] * (x_j - q_j)^2. Without it they
+// minimise sum_j sqrt(sigma2 + x_j^2) * (x_j - q_j)^2 (sigma2: the block's mean square), which
+// favours the large weights a little over the plain squared error. Rows are split over n_threads (0: all cores); the bytes written do not depend on
+// it. Throws edgellm::Error on bad input: an unknown or non-quantizable type, a row length that is
+// not a multiple of the block size, a NaN/inf input (the message names row and column), or a
+// negative/non-finite imatrix weight. Finite values beyond a format's range (f16 65504, block
+// scales stored as f16) saturate rather than becoming inf.
 void quantize(Type type, const float* src, void* dst, int64_t nrows, int64_t n_per_row,
               const float* imatrix, int n_threads);
 

@@ -1,6 +1,7 @@
 // The table of GGUF type traits.
 #include "quant/quant.h"
 
+#include <limits>
 #include <string>
 
 #include "common/error.h"
@@ -54,7 +55,10 @@ size_t row_size(Type type, int64_t n_per_row) {
     if (n_per_row < 0 || n_per_row % t->block_size != 0)
         throw Error(std::string("row length ") + std::to_string(n_per_row) + " is not a multiple of the " +
                     t->name + " block size " + std::to_string(t->block_size));
-    return static_cast<size_t>(n_per_row / t->block_size) * t->type_size;
+    const uint64_t blocks = static_cast<uint64_t>(n_per_row / t->block_size);
+    if (blocks > std::numeric_limits<size_t>::max() / t->type_size)
+        throw Error(std::string("row length ") + std::to_string(n_per_row) + " of " + t->name + " overflows");
+    return static_cast<size_t>(blocks) * t->type_size;
 }
 
 }  // namespace edgellm::quant
