@@ -8,59 +8,80 @@
 
 namespace edgellm::quant {
 
+namespace {
+
+// sum_i w_i * |d*l_i + m - x_i| with l_i = clamp(round(iscale * (x_i + off)), 0, nmax), n = 16 or 32.
+template <int N>
+float mad_error_n(const float* __restrict x, const float* __restrict w, float iscale, float off, int nmax, float d,
+                  float m) {
+    const float hif = static_cast<float>(nmax);
+    float e[N];
+    for (int i = 0; i < N; ++i) {
+        float t = iscale * (x[i] + off);
+        t = 0.0f < t ? t : 0.0f;
+        t = t < hif ? t : hif;
+        const float l = (t + 12582912.0f) - 12582912.0f;
+        e[i] = w[i] * std::fabs(d * l + m - x[i]);
+    }
+    float acc[kLanes];
+    for (int l = 0; l < kLanes; ++l) acc[l] = e[l];
+    for (int i = kLanes; i < N; i += kLanes)
+        for (int l = 0; l < kLanes; ++l) acc[l] += e[i + l];
+    return lane_sum(acc);
+}
+
+float mad_error(const float* x, const float* w, int n, float iscale, float off, int nmax, float d, float m) {
+    return n == 16 ? mad_error_n<16>(x, w, iscale, off, nmax, d, m) : mad_error_n<32>(x, w, iscale, off, nmax, d, m);
+}
+
+}  // namespace
+
 float fit_scale_min(const float* x, const float* wf, int n, int nmax, float rmin, float rdelta, int nstep,
                     bool use_mad, float& the_min) {
     float min = x[0], max = x[0];
-    float sum_w = wf[0], sum_x = wf[0] * x[0];
     for (int i = 1; i < n; ++i) {
         min = std::min(min, x[i]);
         max = std::max(max, x[i]);
-        sum_w += wf[i];
-        sum_x += wf[i] * x[i];
     }
     if (min > 0) min = 0;
     if (max <= min) {
         the_min = -min;
         return 0.0f;
     }
-    auto error_of = [&](float scale, float off, const uint8_t* L) {
-        float e = 0;
-        for (int i = 0; i < n; ++i) {
-            const float diff = scale * L[i] + off - x[i];
-            e += wf[i] * (use_mad ? std::fabs(diff) : diff * diff);
-        }
-        return e;
+    float wx[kMaxFit], wxx[kMaxFit];
+    for (int i = 0; i < n; ++i) {
+        wx[i] = wf[i] * x[i];
+        wxx[i] = wx[i] * x[i];
+    }
+    const float swf = lane_total(wf, n), sxf = lane_total(wx, n);
+    const double sw = swf, sx = sxf, sxx = lane_total(wxx, n);
+    // Error of x ~ d*l + m for the levels l of grid iscale anchored at min (m <= 0 is the offset).
+    auto error_of = [&](float iscale, const RoundSums& r, float d, float m) {
+        if (use_mad) return static_cast<double>(mad_error(x, wf, n, iscale, -min, nmax, d, m));
+        // the quadratic sum_w (d*l + m - x)^2 expanded in the level sums
+        return static_cast<double>(d) * d * r.sqq + 2.0 * d * m * r.sq + static_cast<double>(m) * m * sw -
+               2.0 * d * r.sxq - 2.0 * m * sx + sxx;
     };
-    uint8_t L[32], Laux[32];
     float iscale = static_cast<float>(nmax) / (max - min);
     float scale = 1.0f / iscale;
-    for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax));
-    float best = error_of(scale, min, L);
+    double best = error_of(iscale, round_sums(x, wf, n, iscale, -min, 0, nmax), scale, min);
     for (int k = 0; k <= nstep; ++k) {
         iscale = (rmin + rdelta * k + static_cast<float>(nmax)) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            const float v = iscale * (x[i] - min);
-            const int l = v > 0 ? nearest_int(std::min(v, static_cast<float>(nmax))) : 0;
-            Laux[i] = static_cast<uint8_t>(l);
-            sum_l += wf[i] * l;
-            sum_l2 += wf[i] * l * l;
-            sum_xl += wf[i] * l * x[i];
-        }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        const RoundSums r = round_sums(x, wf, n, iscale, -min, 0, nmax);
+        const float D = swf * r.sqq - r.sq * r.sq;
         if (!(D > 0)) continue;
-        float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-        float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        const float inv_D = 1.0f / D;
+        float this_scale = (swf * r.sxq - sxf * r.sq) * inv_D;
+        float this_min = (r.sqq * sxf - r.sq * r.sxq) * inv_D;
         if (this_min > 0) {
             this_min = 0;
-            this_scale = sum_xl / sum_l2;
+            this_scale = r.sxq / r.sqq;
         }
-        const float e = error_of(this_scale, this_min, Laux);
+        const double e = error_of(iscale, r, this_scale, this_min);
         if (e < best) {
             best = e;
             scale = this_scale;
-            min = this_min;
-            std::copy(Laux, Laux + n, L);
+            min = this_min;  // later grids are anchored at the improved min
         }
     }
     the_min = -min;
@@ -78,27 +99,22 @@ float fit_scale_sym(const float* x, const float* wf, int n, int nmax, uint8_t* L
         if (L) std::fill(L, L + n, static_cast<uint8_t>(nmax));
         return 0.0f;
     }
-    auto sums = [&](float iscale, float& sumlx, float& suml2) {
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            const int l = std::clamp(nearest_int(iscale * x[i]), -nmax, nmax - 1);
-            const float w = wf ? wf[i] : x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-    };
+    float wsq[kMaxFit];
+    if (!wf) {
+        for (int i = 0; i < n; ++i) wsq[i] = x[i] * x[i];
+        wf = wsq;
+    }
     float best_iscale = -nmax / max;
-    float sumlx, suml2;
-    sums(best_iscale, sumlx, suml2);
-    float scale = suml2 > 0 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
+    RoundSums r = round_sums(x, wf, n, best_iscale, 0.0f, -nmax, nmax - 1);
+    float scale = r.sqq > 0 ? r.sxq / r.sqq : 0.0f;
+    float best = scale * r.sxq;
     for (int k = -9; k <= 9; ++k) {
         if (k == 0) continue;
         const float iscale = -(nmax + 0.1f * k) / max;
-        sums(iscale, sumlx, suml2);
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        r = round_sums(x, wf, n, iscale, 0.0f, -nmax, nmax - 1);
+        if (r.sqq > 0 && r.sxq * r.sxq > best * r.sqq) {
+            scale = r.sxq / r.sqq;
+            best = scale * r.sxq;
             best_iscale = iscale;
         }
     }

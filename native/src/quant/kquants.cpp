@@ -3,9 +3,10 @@
 // reference weighting (|x|-based, or importance-based when an imatrix is given) and quantized to
 // integers by plain rounding against the largest, or fitted with the objective weights and
 // quantized by a weighted scale search. Each candidate is then refined with its stored f16
-// values: a local search of every sub-block's integer scale/min (levels re-chosen exactly), and
-// a least-squares refit of the f16 super-scales. The candidate with the lowest
-// sum_j w_j (x_j - deq_j)^2 is written (w: importance weights, or the prior sqrt(sigma2 + x^2) of
+// values: a local search of every sub-block's integer scale/min (levels re-chosen by rounding),
+// and a least-squares refit of the f16 super-scales; the better candidate goes on for more
+// rounds, and its final levels are chosen exactly. The result lowers
+// sum_j w_j (x_j - deq_j)^2 (w: importance weights, or the prior sqrt(sigma2 + x^2) of
 // qsearch.h without them).
 #include <cmath>
 #include <cstring>
@@ -19,6 +20,29 @@ namespace edgellm::quant {
 
 namespace {
 
+// Level sums of one sub-block (n = 16 or 32) for the least-squares refit of the super-scales.
+struct SubSums {
+    double w, wx, wq, wqq, wxq;  // sum w, w*x, w*q, w*q^2, w*x*q
+};
+
+SubSums sub_sums(const float* x, const float* w, const int8_t* L, int n) {
+    float aw[kLanes] = {}, awx[kLanes] = {}, awq[kLanes] = {}, awqq[kLanes] = {}, awxq[kLanes] = {};
+    for (int i0 = 0; i0 < n; i0 += kLanes)
+        for (int l = 0; l < kLanes; ++l) {
+            const float q = L[i0 + l], wi = w[i0 + l], xi = x[i0 + l];
+            aw[l] += wi;
+            awx[l] += wi * xi;
+            awq[l] += wi * q;
+            awqq[l] += wi * q * q;
+            awxq[l] += wi * xi * q;
+        }
+    return {lane_sum(aw), lane_sum(awx), lane_sum(awq), lane_sum(awqq), lane_sum(awxq)};
+}
+
+// Rounds of scale search and super-scale refit: kRounds for each candidate, then the better one
+// goes on up to kRoundsBest.
+constexpr int kRounds = 3, kRoundsBest = 5;
+
 // ---- q2_K / q4_K / q5_K: deq = (d*sc)*q - (dmin*mn), q in [0, nmax], sc, mn in [0, smax] ----
 
 struct AsymSpec {
@@ -31,6 +55,8 @@ struct AsymSpec {
     bool ref_av;             // reference weights av_x + |x| (else |x|)
     float sigma_mul;         // importance weighting: imatrix * sqrt(sigma_mul * mean(x^2) + x^2)
     int radius;              // local search radius of the integer scales
+    float obj_rdelta;        // objective-weighted sweep: -0.9 + obj_rdelta*k, k = 0..obj_nstep
+    int obj_nstep;
 };
 
 struct AsymBlock {
@@ -38,11 +64,13 @@ struct AsymBlock {
     uint8_t sc[16] = {}, mn[16] = {};
     int8_t L[kQK] = {};
     double err = 0;
+    float sub_err[16] = {};  // error of each sub-block with the current values
+    bool sub_known = false;  // sub_err and L match the current values
 };
 
-constexpr AsymSpec kQ2K{16, 3, 15, -0.5f, 0.1f, 15, true, false, 1.0f, 1};
-constexpr AsymSpec kQ4K{32, 15, 63, -1.0f, 0.1f, 20, false, true, 2.0f, 1};
-constexpr AsymSpec kQ5K{32, 31, 63, -0.5f, 0.1f, 15, false, true, 2.0f, 1};
+constexpr AsymSpec kQ2K{16, 3, 15, -0.5f, 0.1f, 15, true, false, 1.0f, 1, 0.2f, 9};
+constexpr AsymSpec kQ4K{32, 15, 63, -1.0f, 0.1f, 20, false, true, 2.0f, 1, 0.05f, 36};
+constexpr AsymSpec kQ5K{32, 31, 63, -0.5f, 0.1f, 15, false, true, 2.0f, 1, 0.05f, 36};
 
 // Integer scales from float ones: round against max/smax (plain) or a weighted search.
 float quantize_scales(const float* v, int n, int smax, const float* sw, bool search, uint8_t* out) {
@@ -54,69 +82,91 @@ float quantize_scales(const float* v, int n, int smax, const float* sw, bool sea
     return vmax / static_cast<float>(smax);
 }
 
-// Sub-block-wise local search of (sc, mn), then a least-squares refit of (d, dmin); repeated
-// while the error drops. w: objective weights (null: 1).
-void refine_asym(const float* x, const float* w, const AsymSpec& sp, AsymBlock& b) {
+// Sub-block-wise local search of (sc, mn) around the current values, levels re-chosen exactly;
+// sets b.L and b.err. w: objective weights.
+void search_asym_scales(const float* x, const float* w, const AsymSpec& sp, AsymBlock& b) {
     const int nsub = kQK / sp.sub;
     const int R = sp.radius;
     int8_t tmp[32];
-    for (int round = 0; round < 3; ++round) {
-        const float d = fp16_to_fp32(b.hd), dm = fp16_to_fp32(b.hm);
-        double total = 0;
-        for (int j = 0; j < nsub; ++j) {
-            const float* xj = x + j * sp.sub;
-            const float* wj = w ? w + j * sp.sub : nullptr;
-            double best = std::numeric_limits<double>::infinity();
-            const int sc0 = b.sc[j], mn0 = b.mn[j];
-            for (int s = std::max(0, sc0 - R); s <= std::min(sp.smax, sc0 + R); ++s)
-                for (int m = std::max(0, mn0 - R); m <= std::min(sp.smax, mn0 + R); ++m) {
-                    const float dl = d * static_cast<float>(s), ml = dm * static_cast<float>(m);
-                    const double e = fit_levels(xj, wj, sp.sub, dl, ml, 0, sp.nmax, tmp);
-                    if (e < best) {
-                        best = e;
-                        b.sc[j] = static_cast<uint8_t>(s);
-                        b.mn[j] = static_cast<uint8_t>(m);
-                        std::memcpy(b.L + j * sp.sub, tmp, sp.sub);
-                    }
+    const float d = fp16_to_fp32(b.hd), dm = fp16_to_fp32(b.hm);
+    double total = 0;
+    for (int j = 0; j < nsub; ++j) {
+        const float* xj = x + j * sp.sub;
+        const float* wj = w + j * sp.sub;
+        // the current values, when already scored, need not be fitted again
+        float best = b.sub_known ? b.sub_err[j] : std::numeric_limits<float>::infinity();
+        const int sc0 = b.sc[j], mn0 = b.mn[j];
+        for (int s = std::max(0, sc0 - R); s <= std::min(sp.smax, sc0 + R); ++s)
+            for (int m = std::max(0, mn0 - R); m <= std::min(sp.smax, mn0 + R); ++m) {
+                if (b.sub_known && s == sc0 && m == mn0) continue;
+                const float dl = d * static_cast<float>(s), ml = dm * static_cast<float>(m);
+                const float e = fit_levels_rounded(xj, wj, sp.sub, dl, ml, 0, sp.nmax, tmp);
+                if (e < best) {
+                    best = e;
+                    b.sc[j] = static_cast<uint8_t>(s);
+                    b.mn[j] = static_cast<uint8_t>(m);
+                    std::memcpy(b.L + j * sp.sub, tmp, sp.sub);
                 }
-            total += best;
-        }
-        b.err = total;
-        if (round == 2) break;
-        // x ~ d*a - dmin*c with a = sc*q, c = mn: 2x2 weighted normal equations.
-        double saa = 0, sac = 0, scc = 0, sxa = 0, sxc = 0;
-        for (int i = 0; i < kQK; ++i) {
-            const double wi = weight_at(w, i);
-            const double a = static_cast<double>(b.sc[i / sp.sub]) * b.L[i], c = b.mn[i / sp.sub];
-            saa += wi * a * a;
-            sac += wi * a * c;
-            scc += wi * c * c;
-            sxa += wi * x[i] * a;
-            sxc += wi * x[i] * c;
-        }
-        double nd = d, ndm = dm;
-        const double det = saa * scc - sac * sac;
-        if (scc > 0 && det > 0) {
-            nd = (sxa * scc - sac * sxc) / det;
-            ndm = -(saa * sxc - sac * sxa) / det;
-        } else if (saa > 0) {
-            nd = (sxa + dm * sac) / saa;
-        } else {
-            break;
-        }
-        const uint16_t hd = fp32_to_fp16_sat(static_cast<float>(nd)), hm = fp32_to_fp16_sat(static_cast<float>(ndm));
-        if (hd == b.hd && hm == b.hm) break;
-        const float d2 = fp16_to_fp32(hd), dm2 = fp16_to_fp32(hm);
-        double e2 = 0;
-        int8_t L2[kQK];
-        for (int j = 0; j < nsub; ++j)
-            e2 += fit_levels(x + j * sp.sub, w ? w + j * sp.sub : nullptr, sp.sub, d2 * static_cast<float>(b.sc[j]),
-                             dm2 * static_cast<float>(b.mn[j]), 0, sp.nmax, L2 + j * sp.sub);
-        if (!(e2 < total)) break;
-        b.hd = hd;
-        b.hm = hm;
-        std::memcpy(b.L, L2, kQK);
-        b.err = e2;
+            }
+        b.sub_err[j] = best;
+        total += best;
+    }
+    b.err = total;
+    b.sub_known = true;
+}
+
+// Least-squares refit of the f16 super-scales (d, dmin) for the current integer scales and
+// levels; keeps it (levels re-chosen) when the error drops. Returns whether it did.
+bool refit_asym_supers(const float* x, const float* w, const AsymSpec& sp, AsymBlock& b) {
+    const int nsub = kQK / sp.sub;
+    const float d = fp16_to_fp32(b.hd), dm = fp16_to_fp32(b.hm);
+    // x ~ d*a - dmin*c with a = sc*q, c = mn: 2x2 weighted normal equations.
+    double saa = 0, sac = 0, scc = 0, sxa = 0, sxc = 0;
+    for (int j = 0; j < nsub; ++j) {
+        const SubSums u = sub_sums(x + j * sp.sub, w + j * sp.sub, b.L + j * sp.sub, sp.sub);
+        const double sc = b.sc[j], mn = b.mn[j];
+        saa += sc * sc * u.wqq;
+        sac += sc * mn * u.wq;
+        scc += mn * mn * u.w;
+        sxa += sc * u.wxq;
+        sxc += mn * u.wx;
+    }
+    double nd = d, ndm = dm;
+    const double det = saa * scc - sac * sac;
+    if (scc > 0 && det > 0) {
+        nd = (sxa * scc - sac * sxc) / det;
+        ndm = -(saa * sxc - sac * sxa) / det;
+    } else if (saa > 0) {
+        nd = (sxa + dm * sac) / saa;
+    } else {
+        return false;
+    }
+    const uint16_t hd = fp32_to_fp16_sat(static_cast<float>(nd)), hm = fp32_to_fp16_sat(static_cast<float>(ndm));
+    if (hd == b.hd && hm == b.hm) return false;
+    const float d2 = fp16_to_fp32(hd), dm2 = fp16_to_fp32(hm);
+    double e2 = 0;
+    int8_t L2[kQK];
+    float sub_err[16];
+    for (int j = 0; j < nsub; ++j) {
+        sub_err[j] = fit_levels_rounded(x + j * sp.sub, w + j * sp.sub, sp.sub, d2 * static_cast<float>(b.sc[j]),
+                                        dm2 * static_cast<float>(b.mn[j]), 0, sp.nmax, L2 + j * sp.sub);
+        e2 += sub_err[j];
+    }
+    if (!(e2 < b.err)) return false;
+    b.hd = hd;
+    b.hm = hm;
+    std::memcpy(b.L, L2, kQK);
+    std::memcpy(b.sub_err, sub_err, sizeof sub_err);
+    b.err = e2;
+    return true;
+}
+
+// Rounds [from, to) of the refinement (3 in all): a scale search, preceded from round 1 on by a
+// refit of the super-scales; stops when the refit no longer helps.
+void refine_asym(const float* x, const float* w, const AsymSpec& sp, AsymBlock& b, int from, int to) {
+    for (int round = from; round < to; ++round) {
+        if (round > 0 && !refit_asym_supers(x, w, sp, b)) break;
+        search_asym_scales(x, w, sp, b);
     }
 }
 
@@ -141,23 +191,30 @@ void quantize_superblock_asym(const float* x, const float* imat, const AsymSpec&
     else prior_weights(x, kQK, sumx2 / kQK, wobj);
     out.err = std::numeric_limits<double>::infinity();
     // Two candidates: the reference one (reference weights and sweep, scales rounded against the
-    // largest), and one fitted to the objective weights with a finer sweep and a scale search.
+    // largest), and one fitted to the objective weights with its own sweep and a scale search.
     for (const bool ref : {true, false}) {
         const float* fw = ref ? wf : wobj;
         for (int j = 0; j < nsub; ++j) {
             const float* xj = x + j * sp.sub;
             scales[j] = ref ? fit_scale_min(xj, fw + j * sp.sub, sp.sub, sp.nmax, sp.rmin, sp.rdelta, sp.nstep,
                                             sp.use_mad, mins[j])
-                            : fit_scale_min(xj, fw + j * sp.sub, sp.sub, sp.nmax, -0.9f, 0.05f, 36, false, mins[j]);
+                            : fit_scale_min(xj, fw + j * sp.sub, sp.sub, sp.nmax, -0.9f, sp.obj_rdelta,
+                                            sp.obj_nstep, false, mins[j]);
             sw[j] = 0;
             for (int l = 0; l < sp.sub; ++l) sw[j] += fw[j * sp.sub + l];
         }
         AsymBlock b;
         b.hd = fp32_to_fp16_sat(quantize_scales(scales, nsub, sp.smax, sw, !ref, b.sc));
         b.hm = fp32_to_fp16_sat(quantize_scales(mins, nsub, sp.smax, sw, !ref, b.mn));
-        refine_asym(x, wobj, sp, b);
+        refine_asym(x, wobj, sp, b, 0, kRounds);
         if (b.err < out.err) out = b;
     }
+    refine_asym(x, wobj, sp, out, kRounds, kRoundsBest);  // the better one goes on
+    // The searches round the quotient; choose the final levels exactly.
+    const float d = fp16_to_fp32(out.hd), dm = fp16_to_fp32(out.hm);
+    for (int j = 0; j < nsub; ++j)
+        fit_levels(x + j * sp.sub, wobj + j * sp.sub, sp.sub, d * static_cast<float>(out.sc[j]),
+                   dm * static_cast<float>(out.mn[j]), 0, sp.nmax, out.L + j * sp.sub);
 }
 
 // ---- q3_K / q6_K: deq = (d*sc)*q, q in [lo, hi], sc in [-sn, sn-1], sub-blocks of 16 ----
@@ -174,52 +231,72 @@ struct SymBlock {
     int sc[16] = {};
     int8_t L[kQK] = {};
     double err = 0;
+    float sub_err[16] = {};  // as in AsymBlock
+    bool sub_known = false;
 };
 
 constexpr SymSpec kQ3K{-4, 3, 32, true, 2};
 constexpr SymSpec kQ6K{-32, 31, 128, false, 2};
 
-void refine_sym(const float* x, const float* w, const SymSpec& sp, SymBlock& b) {
+// Sub-block-wise local search of the integer scales (see search_asym_scales).
+void search_sym_scales(const float* x, const float* w, const SymSpec& sp, SymBlock& b) {
     int8_t tmp[16];
-    for (int round = 0; round < 3; ++round) {
-        const float d = fp16_to_fp32(b.hd);
-        double total = 0;
-        for (int j = 0; j < 16; ++j) {
-            const float* xj = x + 16 * j;
-            const float* wj = w ? w + 16 * j : nullptr;
-            double best = std::numeric_limits<double>::infinity();
-            const int s0 = b.sc[j];
-            for (int s = std::max(-sp.sn, s0 - sp.radius); s <= std::min(sp.sn - 1, s0 + sp.radius); ++s) {
-                const double e = fit_levels(xj, wj, 16, d * static_cast<float>(s), 0.0f, sp.lo, sp.hi, tmp);
-                if (e < best) {
-                    best = e;
-                    b.sc[j] = s;
-                    std::memcpy(b.L + 16 * j, tmp, 16);
-                }
+    const float d = fp16_to_fp32(b.hd);
+    double total = 0;
+    for (int j = 0; j < 16; ++j) {
+        const float* xj = x + 16 * j;
+        const float* wj = w + 16 * j;
+        float best = b.sub_known ? b.sub_err[j] : std::numeric_limits<float>::infinity();
+        const int s0 = b.sc[j];
+        for (int s = std::max(-sp.sn, s0 - sp.radius); s <= std::min(sp.sn - 1, s0 + sp.radius); ++s) {
+            if (b.sub_known && s == s0) continue;
+            const float e = fit_levels_rounded(xj, wj, 16, d * static_cast<float>(s), 0.0f, sp.lo, sp.hi, tmp);
+            if (e < best) {
+                best = e;
+                b.sc[j] = s;
+                std::memcpy(b.L + 16 * j, tmp, 16);
             }
-            total += best;
         }
-        b.err = total;
-        if (round == 2) break;
-        double saa = 0, sxa = 0;
-        for (int i = 0; i < kQK; ++i) {
-            const double a = static_cast<double>(b.sc[i / 16]) * b.L[i];
-            saa += weight_at(w, i) * a * a;
-            sxa += weight_at(w, i) * x[i] * a;
-        }
-        if (!(saa > 0)) break;
-        const uint16_t hd = fp32_to_fp16_sat(static_cast<float>(sxa / saa));
-        if (hd == b.hd) break;
-        const float d2 = fp16_to_fp32(hd);
-        double e2 = 0;
-        int8_t L2[kQK];
-        for (int j = 0; j < 16; ++j)
-            e2 += fit_levels(x + 16 * j, w ? w + 16 * j : nullptr, 16, d2 * static_cast<float>(b.sc[j]), 0.0f, sp.lo,
-                             sp.hi, L2 + 16 * j);
-        if (!(e2 < total)) break;
-        b.hd = hd;
-        std::memcpy(b.L, L2, kQK);
-        b.err = e2;
+        b.sub_err[j] = best;
+        total += best;
+    }
+    b.err = total;
+    b.sub_known = true;
+}
+
+// Least-squares refit of the f16 super-scale d (see refit_asym_supers).
+bool refit_sym_super(const float* x, const float* w, const SymSpec& sp, SymBlock& b) {
+    double saa = 0, sxa = 0;
+    for (int j = 0; j < 16; ++j) {
+        const SubSums u = sub_sums(x + 16 * j, w + 16 * j, b.L + 16 * j, 16);
+        const double sc = b.sc[j];
+        saa += sc * sc * u.wqq;
+        sxa += sc * u.wxq;
+    }
+    if (!(saa > 0)) return false;
+    const uint16_t hd = fp32_to_fp16_sat(static_cast<float>(sxa / saa));
+    if (hd == b.hd) return false;
+    const float d2 = fp16_to_fp32(hd);
+    double e2 = 0;
+    int8_t L2[kQK];
+    float sub_err[16];
+    for (int j = 0; j < 16; ++j) {
+        sub_err[j] = fit_levels_rounded(x + 16 * j, w + 16 * j, 16, d2 * static_cast<float>(b.sc[j]), 0.0f, sp.lo,
+                                        sp.hi, L2 + 16 * j);
+        e2 += sub_err[j];
+    }
+    if (!(e2 < b.err)) return false;
+    b.hd = hd;
+    std::memcpy(b.L, L2, kQK);
+    std::memcpy(b.sub_err, sub_err, sizeof sub_err);
+    b.err = e2;
+    return true;
+}
+
+void refine_sym(const float* x, const float* w, const SymSpec& sp, SymBlock& b, int from, int to) {
+    for (int round = from; round < to; ++round) {
+        if (round > 0 && !refit_sym_super(x, w, sp, b)) break;
+        search_sym_scales(x, w, sp, b);
     }
 }
 
@@ -258,9 +335,14 @@ void quantize_superblock_sym(const float* x, const float* imat, const SymSpec& s
                 for (int j = 0; j < 16; ++j) b.sc[j] = Ls[j] - sp.sn;
             }
         }
-        refine_sym(x, wobj, sp, b);
+        refine_sym(x, wobj, sp, b, 0, kRounds);
         if (b.err < out.err) out = b;
     }
+    refine_sym(x, wobj, sp, out, kRounds, kRoundsBest);
+    const float d = fp16_to_fp32(out.hd);  // final levels chosen exactly, as in the asym case
+    for (int j = 0; j < 16; ++j)
+        fit_levels(x + 16 * j, wobj + 16 * j, 16, d * static_cast<float>(out.sc[j]), 0.0f, sp.lo, sp.hi,
+                   out.L + 16 * j);
 }
 
 // Packs 2-bit fields of 256 levels v (0..3) as q2_K/q3_K do: element 128*h + 32*k + l goes to bits

@@ -1,10 +1,11 @@
 // Quantizers of the 32-element block formats q4_0, q4_1, q5_0, q5_1, q8_0.
 // Each block is a small search over f16 scales (and offsets): the plain round-to-nearest scale
 // is always a candidate, others come from a sweep of the scale that maps the extreme element
-// to the end levels and from weighted least-squares refits. Every candidate is scored with its
-// stored f16 values and the best level per element, so the result is never worse than plain
-// rounding in sum_j w_j (x_j - deq_j)^2 (w: importance weights, or the prior sqrt(sigma2 + x^2)
-// of qsearch.h without them).
+// to the end levels and from weighted least-squares refits. The sweep is screened cheaply (the
+// least-squares error of its rounded levels); the plain scale, the best screened ones and their
+// refits are scored exactly, with their stored f16 values and the best level per element, so the
+// result is never worse than plain rounding in sum_j w_j (x_j - deq_j)^2 (w: importance weights,
+// or the prior sqrt(sigma2 + x^2) of qsearch.h without them).
 #include <cmath>
 #include <limits>
 
@@ -17,112 +18,6 @@ namespace {
 
 constexpr int QK = 32;
 
-// Symmetric levels [lo, hi], deq = d*q. Returns the f16 bits of d; levels in L.
-uint16_t search_sym(const float* x, const float* w, int lo, int hi, float d_rtn, int nstep, int8_t* L) {
-    double best = std::numeric_limits<double>::infinity();
-    uint16_t best_h = 0;
-    int8_t tmp[QK];
-    // Tries scale d, then refits d by least squares on the levels found; keeps the best.
-    auto attempt = [&](float d, int refits) {
-        for (int r = 0; r <= refits; ++r) {
-            const uint16_t h = fp32_to_fp16_sat(d);
-            const float s = fp16_to_fp32(h);
-            const double err = fit_levels(x, w, QK, s, 0.0f, lo, hi, tmp);
-            if (err < best) {
-                best = err;
-                best_h = h;
-                std::memcpy(L, tmp, QK);
-            }
-            double sxq = 0, sqq = 0;
-            for (int i = 0; i < QK; ++i) {
-                const double wi = weight_at(w, i);
-                sxq += wi * x[i] * tmp[i];
-                sqq += wi * tmp[i] * tmp[i];
-            }
-            if (sqq <= 0) break;
-            d = static_cast<float>(sxq / sqq);
-        }
-    };
-    float amax = 0, max = 0;
-    for (int i = 0; i < QK; ++i)
-        if (std::fabs(x[i]) > amax) {
-            amax = std::fabs(x[i]);
-            max = x[i];
-        }
-    attempt(d_rtn, amax == 0 ? 0 : 2);  // plain rounding first, then its refits
-    if (amax == 0) return best_h;
-    for (int k = -nstep; k <= nstep; ++k) {
-        attempt(max / (static_cast<float>(lo) - 0.1f * k), 1);  // extreme element at the low end
-        attempt(max / (static_cast<float>(hi) + 0.1f * k), 1);  // ... or at the high end
-    }
-    return best_h;
-}
-
-// Asymmetric levels [0, nmax], deq = d*q + m. Returns f16 bits of d and m; levels in L.
-void search_asym(const float* x, const float* w, int nmax, int nstep, uint16_t& hd, uint16_t& hm, int8_t* L) {
-    float min = x[0], max = x[0];
-    for (int i = 1; i < QK; ++i) {
-        min = std::min(min, x[i]);
-        max = std::max(max, x[i]);
-    }
-    double best = std::numeric_limits<double>::infinity();
-    int8_t tmp[QK];
-    // Tries (d, m), then refits both by weighted least squares on the levels found.
-    auto attempt = [&](float d, float m, int refits) {
-        for (int r = 0; r <= refits; ++r) {
-            const uint16_t h1 = fp32_to_fp16_sat(d), h2 = fp32_to_fp16_sat(m);
-            const float s = fp16_to_fp32(h1), off = fp16_to_fp32(h2);
-            const double err = fit_levels(x, w, QK, s, -off, 0, nmax, tmp);
-            if (err < best) {
-                best = err;
-                hd = h1;
-                hm = h2;
-                std::memcpy(L, tmp, QK);
-            }
-            double sw = 0, sq = 0, sqq = 0, sx = 0, sxq = 0;
-            for (int i = 0; i < QK; ++i) {
-                const double wi = weight_at(w, i);
-                sw += wi;
-                sq += wi * tmp[i];
-                sqq += wi * tmp[i] * tmp[i];
-                sx += wi * x[i];
-                sxq += wi * x[i] * tmp[i];
-            }
-            const double det = sw * sqq - sq * sq;
-            if (!(det > 0)) break;
-            d = static_cast<float>((sw * sxq - sx * sq) / det);
-            m = static_cast<float>((sqq * sx - sq * sxq) / det);
-        }
-    };
-    attempt((max - min) / static_cast<float>(nmax), min, max == min ? 0 : 2);  // plain rounding, refits
-    if (max == min) return;
-    for (int k = -nstep; k <= nstep; ++k) {
-        // levels from a stretched grid anchored at min, then refit
-        const float iscale = (static_cast<float>(nmax) + 0.1f * k) / (max - min);
-        double sw = 0, sq = 0, sqq = 0, sx = 0, sxq = 0;
-        for (int i = 0; i < QK; ++i) {
-            const int q = std::clamp(nearest_int(iscale * (x[i] - min)), 0, nmax);
-            const double wi = weight_at(w, i);
-            sw += wi;
-            sq += wi * q;
-            sqq += wi * q * q;
-            sx += wi * x[i];
-            sxq += wi * x[i] * q;
-        }
-        const double det = sw * sqq - sq * sq;
-        if (!(det > 0)) continue;
-        attempt(static_cast<float>((sw * sxq - sx * sq) / det), static_cast<float>((sqq * sx - sq * sxq) / det), 1);
-    }
-}
-
-// Objective weights of block b: its slice of the imatrix, or the prior of qsearch.h.
-const float* block_weights(const float* x, const float* imatrix, int64_t b, float* buf) {
-    if (imatrix) return imatrix + b * QK;
-    float sumx2 = 0;
-    for (int i = 0; i < QK; ++i) sumx2 += x[i] * x[i];
-    return prior_weights(x, QK, sumx2 / QK, buf);
-}
-
 // Extreme element (largest magnitude, signed) of a block.
 float signed_absmax(const float* x) {
     float amax = 0, max = 0;
@@ -132,6 +27,141 @@ float signed_absmax(const float* x) {
             max = x[i];
         }
     return max;
+}
+
+constexpr int kTop = 16;  // screened sweep scales scored exactly
+
+// The f16 codes (scale, offset) already scored in one block: a chain of refits that reaches one
+// again would only repeat itself.
+class Tried {
+public:
+    bool insert(uint32_t code) {
+        for (int i = 0; i < n_; ++i)
+            if (codes_[i] == code) return false;
+        if (n_ < kCap) codes_[n_++] = code;
+        return true;
+    }
+
+private:
+    static constexpr int kCap = 3 + 2 * kTop;  // plain scale + refits, each screened one + its refit
+    uint32_t codes_[kCap];
+    int n_ = 0;
+};
+
+// The kTop best-scoring candidates (higher score is better) of a sweep.
+struct TopK {
+    float score[kTop], a[kTop], b[kTop];
+    int n = 0;
+    void add(float sc, float va, float vb) {
+        int i = n < kTop ? n++ : kTop;
+        if (i == kTop && !(sc > score[kTop - 1])) return;
+        if (i == kTop) i = kTop - 1;
+        while (i > 0 && sc > score[i - 1]) {
+            score[i] = score[i - 1];
+            a[i] = a[i - 1];
+            b[i] = b[i - 1];
+            --i;
+        }
+        score[i] = sc;
+        a[i] = va;
+        b[i] = vb;
+    }
+};
+
+// Symmetric levels [lo, hi], deq = d*q. Returns the f16 bits of d; levels in L.
+// Candidates: plain rounding d_rtn and its least-squares refits; then a sweep of the scale that
+// maps the extreme element to either end level (+-0.1*k), screened cheaply by the least-squares
+// error of its rounded levels, whose kTop best are scored exactly (with a refit).
+uint16_t search_sym(const float* x, const float* w, int lo, int hi, float d_rtn, int nstep, int8_t* L) {
+    float best = std::numeric_limits<float>::infinity();
+    uint16_t best_h = 0;
+    int8_t tmp[QK];
+    Tried tried;
+    // Tries scale d, then refits d by least squares on the levels found; keeps the best.
+    auto attempt = [&](float d, int refits) {
+        for (int r = 0; r <= refits; ++r) {
+            const uint16_t h = fp32_to_fp16_sat(d);
+            if (!tried.insert(h)) break;
+            const float s = fp16_to_fp32(h);
+            const LevelSums z = fit_levels_sums(x, w, QK, s, 0.0f, lo, hi, tmp);
+            if (z.err < best) {
+                best = z.err;
+                best_h = h;
+                std::memcpy(L, tmp, QK);
+            }
+            if (r == refits || !(z.sqq > 0)) break;
+            d = z.sxq / z.sqq;
+        }
+    };
+    const float max = signed_absmax(x);
+    attempt(d_rtn, max == 0 ? 0 : 2);  // plain rounding first, then its refits
+    if (max == 0) return best_h;
+    TopK top;
+    for (int k = -nstep; k <= nstep; ++k)
+        for (const float end : {static_cast<float>(lo) - 0.1f * k, static_cast<float>(hi) + 0.1f * k}) {
+            const RoundSums r = round_sums(x, w, QK, end / max, 0.0f, lo, hi);
+            if (r.sqq > 0) top.add(r.sxq * r.sxq / r.sqq, r.sxq / r.sqq, 0.0f);
+        }
+    for (int t = 0; t < top.n; ++t) attempt(top.a[t], 1);
+    return best_h;
+}
+
+// Asymmetric levels [0, nmax], deq = d*q + m. Returns f16 bits of d and m; levels in L.
+// Candidates as in search_sym: plain rounding and refits, then grids stretched around min.
+void search_asym(const float* x, const float* w, int nmax, int nstep, uint16_t& hd, uint16_t& hm, int8_t* L) {
+    float min = x[0], max = x[0];
+    for (int i = 1; i < QK; ++i) {
+        min = std::min(min, x[i]);
+        max = std::max(max, x[i]);
+    }
+    float wx[QK];
+    for (int i = 0; i < QK; ++i) wx[i] = w[i] * x[i];
+    const double sw = lane_total(w, QK), sx = lane_total(wx, QK);
+    float best = std::numeric_limits<float>::infinity();
+    int8_t tmp[QK];
+    Tried tried;
+    // Weighted least-squares (d, m) of x ~ d*q + m; false when degenerate.
+    auto solve = [&](double sq, double sqq, double sxq, float& d, float& m) {
+        const double det = sw * sqq - sq * sq;
+        if (!(det > 0)) return false;
+        d = static_cast<float>((sw * sxq - sx * sq) / det);
+        m = static_cast<float>((sqq * sx - sq * sxq) / det);
+        return true;
+    };
+    // Tries (d, m), then refits both by weighted least squares on the levels found.
+    auto attempt = [&](float d, float m, int refits) {
+        for (int r = 0; r <= refits; ++r) {
+            const uint16_t h1 = fp32_to_fp16_sat(d), h2 = fp32_to_fp16_sat(m);
+            if (!tried.insert(static_cast<uint32_t>(h1) << 16 | h2)) break;
+            const float s = fp16_to_fp32(h1), off = fp16_to_fp32(h2);
+            const LevelSums z = fit_levels_sums(x, w, QK, s, -off, 0, nmax, tmp);
+            if (z.err < best) {
+                best = z.err;
+                hd = h1;
+                hm = h2;
+                std::memcpy(L, tmp, QK);
+            }
+            if (r == refits || !solve(z.sq, z.sqq, z.sxq, d, m)) break;
+        }
+    };
+    attempt((max - min) / static_cast<float>(nmax), min, max == min ? 0 : 2);  // plain rounding, refits
+    if (max == min) return;
+    TopK top;
+    for (int k = -nstep; k <= nstep; ++k) {
+        const RoundSums r = round_sums(x, w, QK, (static_cast<float>(nmax) + 0.1f * k) / (max - min), -min, 0, nmax);
+        float d, m;
+        // least-squares error: sum w x^2 - (d*sxq + m*sx); the larger d*sxq + m*sx, the better
+        if (solve(r.sq, r.sqq, r.sxq, d, m)) top.add(static_cast<float>(d * r.sxq + m * sx), d, m);
+    }
+    for (int t = 0; t < top.n; ++t) attempt(top.a[t], top.b[t], 1);
+}
+
+// Objective weights of block b: its slice of the imatrix, or the prior of qsearch.h.
+const float* block_weights(const float* x, const float* imatrix, int64_t b, float* buf) {
+    if (imatrix) return imatrix + b * QK;
+    float sumx2 = 0;
+    for (int i = 0; i < QK; ++i) sumx2 += x[i] * x[i];
+    return prior_weights(x, QK, sumx2 / QK, buf);
 }
 
 void pack_nibbles(const int8_t* L, int offset, uint8_t* qs) {
@@ -186,7 +216,7 @@ void quantize_row_q4_1(const float* x, uint8_t* y, int64_t n, const float* imatr
         float wb[QK];
         const float* w = block_weights(x, imatrix, b, wb);
         uint16_t hd = 0, hm = 0;
-        search_asym(x, w, 15, 8, hd, hm, L);
+        search_asym(x, w, 15, 12, hd, hm, L);
         put_u16(y, hd);
         put_u16(y + 2, hm);
         pack_nibbles(L, 0, y + 4);
@@ -199,7 +229,7 @@ void quantize_row_q5_1(const float* x, uint8_t* y, int64_t n, const float* imatr
         float wb[QK];
         const float* w = block_weights(x, imatrix, b, wb);
         uint16_t hd = 0, hm = 0;
-        search_asym(x, w, 31, 8, hd, hm, L);
+        search_asym(x, w, 31, 12, hd, hm, L);
         put_u16(y, hd);
         put_u16(y + 2, hm);
         const uint32_t qh = pack_high_bits(L, 0);

@@ -1,6 +1,7 @@
 // Helpers shared by the quantizers: level choice for a given scale, weighted error, fp16 scales.
-// Every quantizer scores its candidates with the exact f32 arithmetic of the dequantizer,
-// deq = s*q - m, so the candidate kept is the best one as it will actually be read back.
+// Quantizers score their final candidates with the exact f32 arithmetic of the dequantizer,
+// deq = s*q - m, so the candidate kept is the best one as it will actually be read back; cheaper
+// scores (round_sums, fit_levels_rounded) only screen or steer the searches.
 #pragma once
 
 #include <algorithm>
@@ -24,51 +25,51 @@ inline int nearest_int(float f) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-// Objective weight of element i: the importance weight, or 1 without one.
-inline float weight_at(const float* w, int i) { return w ? w[i] : 1.0f; }
-
 // Value an f32 scale has once stored as (saturated) f16.
 inline float f16_round(float f) { return fp16_to_fp32(fp32_to_fp16_sat(f)); }
 
-// The level q in [lo, hi] whose value s*q - m (f32, as dequantized) is nearest to x.
-inline int best_level(float x, float s, float inv_s, float m, int lo, int hi) {
-    if (s == 0.0f) return std::clamp(0, lo, hi);
-    const float t = (x + m) * inv_s;
-    if (!(t > lo)) return lo;  // also catches NaN from an f32 overflow
-    if (!(t < hi)) return hi;
-    // The best level is floor(t) or ceil(t) of the exact quotient: the rounded t and its neighbour
-    // towards t cover both even when t is off by an ulp; compare their dequantized values.
-    const int q0 = nearest_int(t);
-    const int q1 = t > static_cast<float>(q0) ? q0 + 1 : q0 - 1;
-    if (q1 < lo || q1 > hi) return q0;
-    const float e0 = std::fabs(x - (s * static_cast<float>(q0) - m));
-    const float e1 = std::fabs(x - (s * static_cast<float>(q1) - m));
-    return e1 < e0 ? q1 : q0;
+// Lanes of the partial sums in the loops below: a fixed-width inner loop the compiler turns into
+// SIMD code (plain -O3, no -march) while the sums keep one order, so results do not depend on it.
+constexpr int kLanes = 8;
+
+inline float lane_sum(const float* acc) {
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
-// Chooses the best level of each of n elements for scale s and offset m (deq = s*q - m);
-// stores them in L and returns sum_i w_i * (x_i - deq_i)^2.
-inline double fit_levels(const float* x, const float* w, int n, float s, float m, int lo, int hi, int8_t* L) {
-    const float inv_s = s != 0.0f ? 1.0f / s : 0.0f;
-    double err = 0;
-    for (int i = 0; i < n; ++i) {
-        const int q = best_level(x[i], s, inv_s, m, lo, hi);
-        L[i] = static_cast<int8_t>(q);
-        const double diff = static_cast<double>(x[i]) - static_cast<double>(s * static_cast<float>(q) - m);
-        err += weight_at(w, i) * diff * diff;
-    }
-    return err;
-}
+// Sum of v[0..n) (n a multiple of kLanes) in kLanes fixed lanes.
+float lane_total(const float* v, int n);
 
-// Weighted error of given levels.
-inline double levels_error(const float* x, const float* w, int n, float s, float m, const int8_t* L) {
-    double err = 0;
-    for (int i = 0; i < n; ++i) {
-        const double diff = static_cast<double>(x[i]) - static_cast<double>(s * static_cast<float>(L[i]) - m);
-        err += weight_at(w, i) * diff * diff;
-    }
-    return err;
-}
+// Level sums of a fit, for the least-squares refits: sum w*q, w*q^2, w*x*q (sum w and w*x do not
+// depend on the levels: callers take them once).
+struct LevelSums {
+    float err = 0;  // sum_i w_i * (x_i - deq_i)^2
+    float sq = 0, sqq = 0, sxq = 0;
+};
+
+constexpr int kMaxFit = 32;  // longest run of elements fitted at once (one block or sub-block)
+
+// Chooses the best level of each of n elements (n = 16 or 32) for scale s and offset m
+// (deq = s*q - m, f32 as dequantized): the rounded quotient (x + m)/s clamped to [lo, hi], or its
+// neighbour towards the quotient when that one dequantizes nearer to x (the quotient may be off
+// by an ulp). Stores the levels in L (unless null) and returns sum_i w_i * (x_i - deq_i)^2
+// (w not null). Defined out of line (qsearch.cpp): inlined with constant lo/hi, the compiler
+// folds the clamp into branches and no longer vectorises the loop.
+float fit_levels(const float* x, const float* w, int n, float s, float m, int lo, int hi, int8_t* L);
+
+// fit_levels with the rounded quotient as the level, without the neighbour check: a few ulps of
+// error worse at worst, about a third cheaper. For searches whose winner is fitted exactly after.
+float fit_levels_rounded(const float* x, const float* w, int n, float s, float m, int lo, int hi, int8_t* L);
+
+// fit_levels plus the level sums of the fit (for a least-squares refit of s and m).
+LevelSums fit_levels_sums(const float* x, const float* w, int n, float s, float m, int lo, int hi, int8_t* L);
+
+// Sums of plain rounding q = clamp(round(iscale * (x + off)), lo, hi) over n = 16 or 32
+// elements: a cheap screen of a candidate scale (the least-squares scale of these levels and
+// its error follow from the sums).
+struct RoundSums {
+    float sq, sqq, sxq;  // sum w*q, w*q^2, w*x*q
+};
+RoundSums round_sums(const float* x, const float* w, int n, float iscale, float off, int lo, int hi);
 
 // Objective weights without an importance matrix: sqrt(sigma2 + x^2), sigma2 the block's mean
 // square. Plain squared error would spend precision on the many small weights at the expense of
