@@ -1,6 +1,8 @@
 // Value type names and sizes; quoting of untrusted names for messages.
 #include "gguf/names.h"
 
+#include "quant/quant.h"
+
 #include "gguf/gguf.h"
 
 namespace edgellm::gguf {
@@ -38,6 +40,18 @@ std::string quote(std::string_view s) {
     if (s.size() > kMax) out += "...";
     out += "'";
     return out;
+}
+
+std::string tensor_bytes(uint32_t type, int64_t ne0, uint64_t rows, uint64_t* nbytes) {
+    const quant::Traits* tr = quant::traits(type);
+    if (ne0 % tr->block_size != 0)
+        return "ne[0] = " + std::to_string(ne0) + " is not a multiple of the " + tr->name + " block size " +
+               std::to_string(tr->block_size);
+    uint64_t row;
+    if (__builtin_mul_overflow(static_cast<uint64_t>(ne0 / tr->block_size), tr->type_size, &row) ||
+        __builtin_mul_overflow(row, rows, nbytes))
+        return "byte size overflows";
+    return "";
 }
 
 }  // namespace edgellm::gguf

@@ -202,14 +202,8 @@ void Reader::parse() {
         const quant::Traits* tr = quant::traits(type);
         if (!tr) fail(field, "unknown or unsupported tensor type id " + std::to_string(type));
         t.type = static_cast<quant::Type>(type);
-        if (t.ne[0] % tr->block_size != 0)
-            fail(field, "ne[0] = " + std::to_string(t.ne[0]) + " is not a multiple of the " + tr->name +
-                            " block size " + std::to_string(tr->block_size));
-        // Bytes: blocks per row * block bytes * rows, each product checked.
-        uint64_t row, rows = static_cast<uint64_t>(n_elements / t.ne[0]);
-        if (__builtin_mul_overflow(static_cast<uint64_t>(t.ne[0] / tr->block_size), tr->type_size, &row) ||
-            __builtin_mul_overflow(row, rows, &t.nbytes))
-            fail(field, "byte size overflows");
+        const std::string why = tensor_bytes(type, t.ne[0], static_cast<uint64_t>(n_elements / t.ne[0]), &t.nbytes);
+        if (!why.empty()) fail(field, why);
 
         t.offset = read_u64();
         if (t.offset % alignment_ != 0)

@@ -167,13 +167,9 @@ void Writer::add_tensor_info(const std::string& name, const std::vector<int64_t>
         if (t.ne[d] <= 0) fail(field, "ne[" + std::to_string(d) + "] is " + std::to_string(t.ne[d]) + ", must be > 0");
         if (__builtin_mul_overflow(n_elements, t.ne[d], &n_elements)) fail(field, "element count overflows");
     }
-    if (t.ne[0] % tr->block_size != 0)
-        fail(field, "ne[0] = " + std::to_string(t.ne[0]) + " is not a multiple of the " + tr->name + " block size " +
-                        std::to_string(tr->block_size));
-    uint64_t row;
-    if (__builtin_mul_overflow(static_cast<uint64_t>(t.ne[0] / tr->block_size), tr->type_size, &row) ||
-        __builtin_mul_overflow(row, static_cast<uint64_t>(n_elements / t.ne[0]), &t.nbytes))
-        fail(field, "byte size overflows");
+    const std::string why = tensor_bytes(static_cast<uint32_t>(type), t.ne[0],
+                                         static_cast<uint64_t>(n_elements / t.ne[0]), &t.nbytes);
+    if (!why.empty()) fail(field, why);
     tensor_index_.emplace(name, tensors_.size());
     tensors_.push_back(std::move(t));
 }
