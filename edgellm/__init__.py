@@ -4,8 +4,20 @@ The runtime needs numpy and the native module only; converters (torch, safetenso
 imported lazily by `edgellm convert` and live behind the `convert` extra.
 """
 
-from edgellm.errors import ConversionError, EdgeLLMError, GGUFError
+from edgellm.errors import (
+    ChatTemplateError,
+    ContextFullError,
+    ConversionError,
+    EdgeLLMError,
+    GGUFError,
+    InvalidArgumentError,
+    ModelFileError,
+    UnsupportedError,
+)
+from edgellm.llm import LLM, GenerationStats, Perplexity, Sampler
 
 __version__ = "0.1.0"
 
-__all__ = ["ConversionError", "EdgeLLMError", "GGUFError", "__version__"]
+__all__ = ["LLM", "ChatTemplateError", "ContextFullError", "ConversionError", "EdgeLLMError", "GGUFError",
+           "GenerationStats", "InvalidArgumentError", "ModelFileError", "Perplexity", "Sampler",
+           "UnsupportedError", "__version__"]

@@ -1,10 +1,26 @@
-"""The project's exceptions. Native errors arrive as EdgeLLMError or its subclass GGUFError."""
+"""The project's exceptions. Native errors arrive as EdgeLLMError or one of its subclasses:
+GGUFError (a malformed or inconsistent model file), ModelFileError (missing or unreadable file),
+UnsupportedError (an architecture, tensor type or tokenizer we do not run), ContextFullError (the
+tokens do not fit in the context), InvalidArgumentError (also a ValueError: a parameter out of range,
+an invalid token id)."""
 
-from edgellm._core import EdgeLLMError, GGUFError
+from edgellm._core import (
+    ContextFullError,
+    EdgeLLMError,
+    GGUFError,
+    InvalidArgumentError,
+    ModelFileError,
+    UnsupportedError,
+)
 
 
 class ConversionError(EdgeLLMError):
     """A checkpoint could not be converted: the message names the file and the field."""
 
 
-__all__ = ["ConversionError", "EdgeLLMError", "GGUFError"]
+class ChatTemplateError(EdgeLLMError):
+    """A chat template failed to render (syntax, raise_exception in the template, bad messages)."""
+
+
+__all__ = ["ChatTemplateError", "ContextFullError", "ConversionError", "EdgeLLMError", "GGUFError",
+           "InvalidArgumentError", "ModelFileError", "UnsupportedError"]

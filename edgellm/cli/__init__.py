@@ -12,6 +12,9 @@ import click
 _VERBS = {
     "convert": ("convert", "convert", "Convert a Hugging Face checkpoint to GGUF (LoRA merge, quantization)."),
     "info": ("info", "info", "Show a GGUF file's metadata and tensor table."),
+    "run": ("run", "run", "Generate text for a prompt, streamed as it is produced."),
+    "chat": ("chat", "chat", "Chat with a model interactively (or one message per line on stdin)."),
+    "perplexity": ("perplexity", "perplexity", "A model's perplexity on a text file."),
 }
 
 

@@ -10,5 +10,6 @@ pybind11::object& edgellm_error();
 
 void bind_quant(pybind11::module_& m);
 void bind_gguf(pybind11::module_& m);
+void bind_llm(pybind11::module_& m);  // after bind_gguf: uses GGUFError
 
 }  // namespace edgellm_py

@@ -23,4 +23,5 @@ PYBIND11_MODULE(_core, m) {
         py::register_exception<edgellm::Error>(m, "EdgeLLMError", PyExc_RuntimeError).ptr());
     edgellm_py::bind_quant(m);
     edgellm_py::bind_gguf(m);
+    edgellm_py::bind_llm(m);
 }

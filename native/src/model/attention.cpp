@@ -1,0 +1,209 @@
+// Attention over the KV cache: grouped-query, causal, optionally windowed.
+//
+// Work is split into tasks of (query head, block of tokens). A task walks the cached keys in
+// tiles of kTile positions anchored at multiples of kTile: each tile's keys and values are
+// read as f32 once (keys transposed, so the scores of a query are a loop over the tile that
+// vectorises), then every token of the block folds the tile into a running softmax (online
+// softmax: max, sum and weighted value sum, rescaled when the max grows). A token's result depends
+// only on its own positions and the tile grid, never on which block or chunk it was evaluated in,
+// so token-by-token decode and batched prefill give the same numbers.
+//
+// The per-(token, tile) step is plain loops over fixed chunks of 16 floats that the compiler keeps
+// in registers; it is compiled three times (AVX-512, AVX2, baseline) and picked at run time. The
+// loops only vectorise across independent elements (never a reduction) and the library is built
+// without FMA contraction, so every variant gives the same bits.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "model/ops.h"
+#include "quant/fp16.h"
+
+// The vector helpers below are inlined into each ISA variant; their ABI never crosses a call.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace edgellm {
+
+namespace {
+
+constexpr int64_t kTile = 64;       // key positions per tile (a multiple of kChunk)
+constexpr int64_t kMaxBlock = 64;   // most tokens per task
+constexpr int64_t kChunk = 16;      // floats per register-resident accumulator
+
+// 16 floats as one value: GCC/Clang lower it to whatever registers the target has (1 zmm,
+// 2 ymm, 4 xmm, NEON, WASM SIMD). Element-wise arithmetic only.
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+__attribute__((always_inline)) inline f32x16 load16(const float* p) {
+    f32x16 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+__attribute__((always_inline)) inline void store16(float* p, const f32x16& v) { std::memcpy(p, &v, sizeof v); }
+
+// exp(x) to ~1 ulp, element-wise: x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor polynomial, 2^n
+// from the exponent bits. Inputs are clamped to [-87, 88] (NaN becomes -87) so that results stay
+// normal and the conversion to int is always in range.
+__attribute__((always_inline)) inline f32x16 exp16(const f32x16& in) {
+    f32x16 x = in > -87.0f ? in : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
+    const f32x16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+    const f32x16 r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    const f32x16 p =
+        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+    f32x16 scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+__attribute__((always_inline)) inline float exp1(float x) {
+    f32x16 v = {};
+    v[0] = x;
+    return exp16(v)[0];
+}
+
+// One token against one tile of keys.
+struct TileStep {
+    const float* q;    // (head_dim): the token's query for this head
+    const float* kt;   // (head_dim, kTile): the tile's keys, transposed
+    const float* v;    // (kTile, head_dim): the tile's values
+    float* s;          // (kTile): scratch for the scores
+    int64_t a, b;      // the token's keys are tile offsets [a, b)
+    int64_t hd;
+    float scale;
+    float* m;          // running max of the scores
+    float* l;          // running sum of exp(score - m)
+    float* acc;        // (head_dim): running sum of exp(score - m) * value
+};
+
+__attribute__((always_inline)) inline void tile_step_body(const TileStep& t) {
+    const int64_t hd = t.hd, a = t.a, b = t.b;
+    const int64_t c0 = a / kChunk * kChunk;  // chunks [c0, b) of 16 keys cover [a, b)
+    float* s = t.s;
+    // scores (keys outside [a, b) in a chunk are computed and ignored)
+    for (int64_t jc = c0; jc < b; jc += kChunk) {
+        f32x16 sum = {};
+        for (int64_t d = 0; d < hd; ++d) sum += t.q[d] * load16(t.kt + d * kTile + jc);
+        store16(s + jc, sum * t.scale);
+    }
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = a; j < b; ++j) mx = std::max(mx, s[j]);
+    if (mx > *t.m) {  // rescale what was summed under the old maximum
+        const float c = *t.m == -std::numeric_limits<float>::infinity() ? 0.0f : exp1(*t.m - mx);
+        *t.l *= c;
+        for (int64_t d = 0; d < hd; ++d) t.acc[d] *= c;
+        *t.m = mx;
+    }
+    for (int64_t jc = c0; jc < b; jc += kChunk) store16(s + jc, exp16(load16(s + jc) - *t.m));
+    float l = *t.l;
+    for (int64_t j = a; j < b; ++j) l += s[j];
+    *t.l = l;
+    // values, 16 dims at a time, summed over the keys in order
+    const int64_t hd16 = hd / kChunk * kChunk;
+    for (int64_t dc = 0; dc < hd16; dc += kChunk) {
+        f32x16 o = load16(t.acc + dc);
+        for (int64_t j = a; j < b; ++j) o += s[j] * load16(t.v + j * hd + dc);
+        store16(t.acc + dc, o);
+    }
+    for (int64_t d = hd16; d < hd; ++d)
+        for (int64_t j = a; j < b; ++j) t.acc[d] += s[j] * t.v[j * hd + d];
+}
+
+void tile_step_generic(const TileStep& t) { tile_step_body(t); }
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) void tile_step_avx2(const TileStep& t) { tile_step_body(t); }
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) void tile_step_avx512(const TileStep& t) {
+    tile_step_body(t);
+}
+#endif
+
+using TileStepFn = void (*)(const TileStep&);
+
+TileStepFn pick_tile_step() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+        return tile_step_avx512;
+    if (__builtin_cpu_supports("avx2")) return tile_step_avx2;
+#endif
+    return tile_step_generic;
+}
+
+}  // namespace
+
+void attention(Forward& f, int64_t il, int64_t window) {
+    const HParams& hp = f.hp;
+    const int64_t T = f.n_tokens, hd = hp.head_dim, n_head = hp.n_head, n_kv = hp.n_embd_kv();
+    const int64_t group = hp.n_head / hp.n_head_kv;
+    const float scale = hp.attn_scale;
+    static const TileStepFn tile_step = pick_tile_step();
+
+    // 1. This chunk's keys and values go into the cache first: every token then reads all its keys,
+    // its own chunk's included, from the same f16 storage.
+    KvCache& cache = f.cache;
+    for (int64_t t = 0; t < T; ++t) cache.write(il, f.pos0 + t, f.k + t * n_kv, f.v + t * n_kv);
+
+    // 2. Tasks: (head, token block), enough of them to keep every thread busy.
+    const int64_t target = 4 * int64_t(f.pool.n_threads());
+    const int64_t block = std::clamp<int64_t>((T * n_head + target - 1) / target, 1, kMaxBlock);
+    const int64_t n_blocks = (T + block - 1) / block;
+
+    auto first_key = [&](int64_t t) { return window > 0 ? std::max<int64_t>(0, f.pos0 + t - window + 1) : 0; };
+
+    auto task_fn = [&](int64_t task, int thread) {
+        AttnScratch& sc = f.scratch[size_t(thread)];
+        const int64_t h = task % n_head, t0 = (task / n_head) * block, t1 = std::min(T, t0 + block);
+        const int64_t kvh = h / group;
+        float* kt = sc.kt.data();
+        float* vt = sc.v.data();
+        float* s = sc.s.data();
+        float* krow = sc.krow.data();
+        for (int64_t t = t0; t < t1; ++t) {
+            sc.m[size_t(t - t0)] = -std::numeric_limits<float>::infinity();
+            sc.l[size_t(t - t0)] = 0.0f;
+            std::fill(sc.acc.begin() + (t - t0) * hd, sc.acc.begin() + (t - t0 + 1) * hd, 0.0f);
+        }
+        const int64_t lo = first_key(t0), hi = f.pos0 + t1;  // keys [lo, hi) cover the block
+        for (int64_t ts = lo / kTile * kTile; ts < hi; ts += kTile) {
+            const int64_t j0 = std::max(ts, lo), j1 = std::min(ts + kTile, hi);
+            for (int64_t j = j0; j < j1; ++j) {
+                cache.read_k(il, j, kvh * hd, hd, krow);
+                for (int64_t d = 0; d < hd; ++d) kt[d * kTile + (j - ts)] = krow[d];
+                cache.read_v(il, j, kvh * hd, hd, vt + (j - ts) * hd);
+            }
+            for (int64_t t = t0; t < t1; ++t) {
+                // keys of this token inside the tile, as offsets [a, b) from ts
+                const int64_t a = std::max(j0, first_key(t)) - ts, b = std::min(j1, f.pos0 + t + 1) - ts;
+                if (a >= b) continue;
+                const size_t i = size_t(t - t0);
+                tile_step({f.q + (t * n_head + h) * hd, kt, vt, s, a, b, hd, scale, &sc.m[i], &sc.l[i],
+                           sc.acc.data() + int64_t(i) * hd});
+            }
+        }
+        for (int64_t t = t0; t < t1; ++t) {
+            const float inv = 1.0f / sc.l[size_t(t - t0)];
+            const float* acc = sc.acc.data() + (t - t0) * hd;
+            float* out = f.attn + (t * n_head + h) * hd;
+            for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] * inv;
+        }
+    };
+    // a one-pointer capture fits std::function's inline storage: no allocation per call
+    f.pool.run(n_head * n_blocks, [&task_fn](int64_t task, int thread) { task_fn(task, thread); });
+}
+
+// Scratch for one thread of attention(), sized for head_dim.
+void attn_scratch_init(AttnScratch& sc, int64_t head_dim) {
+    sc.kt.assign(size_t(head_dim * kTile), 0.0f);
+    sc.v.assign(size_t(head_dim * kTile), 0.0f);
+    sc.s.assign(size_t(kTile), 0.0f);
+    sc.krow.assign(size_t(head_dim), 0.0f);
+    sc.m.assign(size_t(kMaxBlock), 0.0f);
+    sc.l.assign(size_t(kMaxBlock), 0.0f);
+    sc.acc.assign(size_t(kMaxBlock * head_dim), 0.0f);
+}
+
+}  // namespace edgellm

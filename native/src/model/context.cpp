@@ -1,0 +1,148 @@
+// Context: the KV cache, the work buffers (allocated once, for n_batch tokens) and eval(), which
+// checks its input, splits it into chunks and runs the architecture's forward pass on each.
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/arch.h"
+
+namespace edgellm {
+
+namespace {
+
+class ContextImpl : public Context {
+public:
+    ContextImpl(const ModelImpl& model, const ContextParams& params);
+
+    uint32_t n_ctx() const override { return uint32_t(n_ctx_); }
+    uint32_t n_past() const override { return uint32_t(n_past_); }
+    void eval(const int32_t* tokens, size_t n, bool logits_all) override;
+    const float* logits() const override { return n_logit_rows_ ? logits_.data() : nullptr; }
+    size_t n_logit_rows() const override { return n_logit_rows_; }
+    void truncate(uint32_t n_past) override;
+
+private:
+    void run_chunk(const int32_t* tokens, int64_t n_tokens, int64_t out_first, float* logits);
+
+    const ModelImpl& model_;
+    const HParams& hp_;
+    int64_t n_ctx_, n_batch_;
+    ThreadPool pool_;
+    KvCache cache_;
+    std::vector<AttnScratch> scratch_;
+    RopeFreqs freqs_, freqs_swa_;
+    RopeTable rope_, rope_swa_;
+    // activations: n_batch rows each
+    std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
+    std::vector<float> logits_;  // grows to the largest request, never shrinks
+    size_t n_logit_rows_ = 0;
+    int64_t n_past_ = 0;
+};
+
+int64_t checked_ctx(const HParams& hp, const ContextParams& p) {
+    return p.n_ctx == 0 ? hp.n_ctx_train : int64_t(p.n_ctx);
+}
+
+int64_t checked_batch(int64_t n_ctx, const ContextParams& p) {
+    if (p.n_batch == 0) throw Error("n_batch: must be at least 1");
+    return std::min<int64_t>(p.n_batch, n_ctx);
+}
+
+ContextImpl::ContextImpl(const ModelImpl& model, const ContextParams& params)
+    : model_(model),
+      hp_(model.hparams()),
+      n_ctx_(checked_ctx(hp_, params)),
+      n_batch_(checked_batch(n_ctx_, params)),
+      pool_(params.n_threads),
+      cache_(hp_.n_layer, n_ctx_, hp_.n_embd_kv(), params.kv_f32 ? quant::Type::F32 : quant::Type::F16) {
+    scratch_.resize(size_t(pool_.n_threads()));
+    for (AttnScratch& sc : scratch_) attn_scratch_init(sc, hp_.head_dim);
+    const Weights& w = model.weights();
+    freqs_ = rope_freqs(hp_.rope, hp_.n_rot, w.rope_freqs);
+    freqs_swa_ = rope_freqs(hp_.rope_swa, hp_.n_rot, w.rope_freqs);
+    const size_t nb = size_t(n_batch_);
+    x_.resize(nb * size_t(hp_.n_embd));
+    xn_.resize(nb * size_t(hp_.n_embd));
+    tmp_.resize(nb * size_t(hp_.n_embd));
+    q_.resize(nb * size_t(hp_.n_embd_q()));
+    attn_.resize(nb * size_t(hp_.n_embd_q()));
+    k_.resize(nb * size_t(hp_.n_embd_kv()));
+    v_.resize(nb * size_t(hp_.n_embd_kv()));
+    gate_.resize(nb * size_t(hp_.n_ff));
+    up_.resize(nb * size_t(hp_.n_ff));
+    rope_.cos.reserve(nb * size_t(hp_.n_rot / 2));
+    rope_.sin.reserve(nb * size_t(hp_.n_rot / 2));
+}
+
+void ContextImpl::eval(const int32_t* tokens, size_t n, bool logits_all) {
+    if (n == 0) throw Error("eval: no tokens given");
+    for (size_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || int64_t(tokens[i]) >= hp_.n_vocab)
+            throw Error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                        " is outside the vocabulary [0, " + std::to_string(hp_.n_vocab) + ")");
+    if (uint64_t(n_past_) + n > uint64_t(n_ctx_))
+        throw ContextFull("context full: " + std::to_string(n_past_) + " cached + " + std::to_string(n) +
+                          " new tokens exceed n_ctx " + std::to_string(n_ctx_));
+
+    const size_t rows = logits_all ? n : 1;
+    if (logits_.size() < rows * size_t(hp_.n_vocab)) logits_.resize(rows * size_t(hp_.n_vocab));
+    n_logit_rows_ = 0;
+    const int64_t saved = n_past_;
+    try {
+        for (size_t start = 0; start < n; start += size_t(n_batch_)) {
+            const int64_t len = int64_t(std::min(n - start, size_t(n_batch_)));
+            const bool last = start + size_t(len) == n;
+            if (logits_all)
+                run_chunk(tokens + start, len, 0, logits_.data() + start * size_t(hp_.n_vocab));
+            else
+                run_chunk(tokens + start, len, last ? len - 1 : len, logits_.data());
+            n_past_ += len;
+        }
+    } catch (...) {
+        n_past_ = saved;
+        throw;
+    }
+    n_logit_rows_ = rows;
+}
+
+void ContextImpl::run_chunk(const int32_t* tokens, int64_t n_tokens, int64_t out_first, float* logits) {
+    rope_table(freqs_, n_past_, n_tokens, rope_);
+    if (hp_.n_swa > 0) rope_table(freqs_swa_, n_past_, n_tokens, rope_swa_);
+    Forward f{hp_, model_.weights(), pool_, cache_, scratch_};
+    f.tokens = tokens;
+    f.n_tokens = n_tokens;
+    f.pos0 = n_past_;
+    f.x = x_.data();
+    f.xn = xn_.data();
+    f.q = q_.data();
+    f.k = k_.data();
+    f.v = v_.data();
+    f.attn = attn_.data();
+    f.tmp = tmp_.data();
+    f.gate = gate_.data();
+    f.up = up_.data();
+    f.rope = &rope_;
+    f.rope_swa = hp_.n_swa > 0 ? &rope_swa_ : &rope_;
+    f.out_first = out_first;
+    f.logits = logits;
+    model_.spec().forward(f);
+}
+
+void ContextImpl::truncate(uint32_t n_past) {
+    if (int64_t(n_past) > n_past_)
+        throw Error("truncate: n_past " + std::to_string(n_past) + " is beyond the " + std::to_string(n_past_) +
+                    " cached tokens");
+    n_past_ = n_past;
+    n_logit_rows_ = 0;
+}
+
+}  // namespace
+
+std::unique_ptr<Context> Context::create(const Model& model, const ContextParams& params) {
+    const auto* impl = dynamic_cast<const ModelImpl*>(&model);
+    if (!impl) throw Error("context: the model was not loaded by Model::load");
+    return std::make_unique<ContextImpl>(*impl, params);
+}
+
+}  // namespace edgellm

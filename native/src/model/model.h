@@ -1,0 +1,70 @@
+// A loaded model (hyperparameters + weights viewed in place in the mapped GGUF) and a context
+// (KV cache + work buffers) that runs the forward pass. The architectures live one per file in
+// native/src/models/; this header is what the C API layer (native/src/api/) uses.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace edgellm {
+
+namespace gguf {
+class Reader;
+}
+
+// Thrown by Context::eval when the tokens do not fit: nothing was evaluated.
+struct ContextFull : Error {
+    using Error::Error;
+};
+// Thrown for an architecture, tensor type or feature we do not run (message names file and field).
+struct Unsupported : Error {
+    using Error::Error;
+};
+
+class Model {
+public:
+    virtual ~Model() = default;
+    // Validates the architecture's metadata and tensors (names, types, shapes) of an opened file;
+    // throws gguf::Error / Unsupported naming the file and the key or tensor. The reader must
+    // outlive the model: weights point into its map.
+    static std::unique_ptr<Model> load(const gguf::Reader& file);
+
+    virtual const std::string& arch() const = 0;
+    virtual int32_t n_vocab() const = 0;
+    virtual int32_t n_ctx_train() const = 0;
+    virtual int32_t n_embd() const = 0;
+    virtual int32_t n_layer() const = 0;
+    virtual uint64_t n_params() const = 0;  // elements of every tensor in the file
+    virtual uint64_t size() const = 0;      // bytes of tensor data in the file
+};
+
+struct ContextParams {
+    uint32_t n_ctx = 0;    // 0: the model's training context
+    uint32_t n_batch = 512;
+    int32_t n_threads = 0;  // 0: all cores
+    bool kv_f32 = false;    // KV cache in f32 (exact; twice the memory) instead of f16
+};
+
+class Context {
+public:
+    virtual ~Context() = default;
+    // Throws Error for bad parameters (naming the field) or when the KV cache cannot be allocated.
+    static std::unique_ptr<Context> create(const Model& model, const ContextParams& params);
+
+    virtual uint32_t n_ctx() const = 0;
+    virtual uint32_t n_past() const = 0;
+    // Appends tokens after n_past and runs the forward pass (split into n_batch chunks). Token ids
+    // are checked against n_vocab first (Error naming the id and position). ContextFull when
+    // n_past + n > n_ctx. On any throw the cache is as before the call.
+    virtual void eval(const int32_t* tokens, size_t n, bool logits_all) = 0;
+    virtual const float* logits() const = 0;  // n_logit_rows() x n_vocab, row-major; nullptr before eval
+    virtual size_t n_logit_rows() const = 0;
+    virtual void truncate(uint32_t n_past) = 0;  // n_past <= this->n_past()
+};
+
+}  // namespace edgellm

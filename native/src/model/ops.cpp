@@ -1,0 +1,189 @@
+// The element-wise and row-wise steps of the forward pass (attention lives in attention.cpp).
+// Plain loops over contiguous rows; rows are spread over the pool when there is enough work.
+#include "model/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "ops/matmul.h"
+
+namespace edgellm {
+
+namespace {
+
+// Runs fn(row) for row in [0, n_rows): on the pool when the chunk has enough work (row_cost:
+// rough operations per row), inline otherwise (decode steps are too small to be worth a wake-up).
+template <typename Fn>
+void for_rows(Forward& f, int64_t n_rows, int64_t row_cost, Fn&& fn) {
+    if (n_rows <= 1 || n_rows * row_cost < (1 << 15) || f.pool.n_threads() == 1) {
+        for (int64_t r = 0; r < n_rows; ++r) fn(r);
+        return;
+    }
+    f.pool.run(n_rows, [&](int64_t r, int) { fn(r); });
+}
+
+void rms_norm_row(const float* x, const float* w, float* out, int64_t n, float eps) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += double(x[i]) * double(x[i]);
+    const float scale = float(1.0 / std::sqrt(sum / double(n) + double(eps)));
+    for (int64_t i = 0; i < n; ++i) out[i] = (x[i] * scale) * w[i];
+}
+
+}  // namespace
+
+RopeFreqs rope_freqs(const RopeParams& p, int64_t n_rot, const std::vector<float>& freq_factors) {
+    RopeFreqs out;
+    const int64_t half = n_rot / 2;
+    out.inv_freq.resize(static_cast<size_t>(half));
+    // yarn: pairs below `low` rotate too fast to need interpolation, pairs above `high` are fully
+    // interpolated, a linear ramp in between (the dims where the frequencies cross the training context).
+    float low = 0.0f, high = 0.0f;
+    if (p.scaling == RopeScaling::Yarn) {
+        auto corr_dim = [&](float n_rotations) {
+            return float(n_rot) * std::log(float(p.n_ctx_orig) / (n_rotations * 2.0f * 3.14159265358979f)) /
+                   (2.0f * std::log(p.freq_base));
+        };
+        low = std::max(0.0f, std::floor(corr_dim(p.yarn_beta_fast)));
+        high = std::min(float(n_rot - 1), std::ceil(corr_dim(p.yarn_beta_slow)));
+        if (p.yarn_ext_factor != 0.0f) out.mscale = p.yarn_attn_factor * (1.0f + 0.1f * std::log(p.factor));
+        else out.mscale = p.yarn_attn_factor;
+    }
+    for (int64_t i = 0; i < half; ++i) {
+        float inv = 1.0f / std::pow(p.freq_base, float(2 * i) / float(n_rot));
+        if (p.use_freq_factors && size_t(i) < freq_factors.size()) inv /= freq_factors[static_cast<size_t>(i)];
+        switch (p.scaling) {
+            case RopeScaling::None: break;
+            case RopeScaling::Linear: inv /= p.factor; break;
+            case RopeScaling::Yarn: {
+                const float ramp = (float(i) - low) / std::max(0.001f, high - low);
+                const float extrap = (1.0f - std::min(1.0f, std::max(0.0f, ramp))) * p.yarn_ext_factor;
+                inv = (inv / p.factor) * (1.0f - extrap) + inv * extrap;
+                break;
+            }
+        }
+        out.inv_freq[static_cast<size_t>(i)] = inv;
+    }
+    return out;
+}
+
+void rope_table(const RopeFreqs& freqs, int64_t pos0, int64_t n_tokens, RopeTable& table) {
+    const size_t half = freqs.inv_freq.size();
+    table.cos.resize(size_t(n_tokens) * half);  // capacity is kept between chunks
+    table.sin.resize(size_t(n_tokens) * half);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+        const float pos = float(pos0 + t);
+        for (size_t i = 0; i < half; ++i) {
+            const double angle = double(pos * freqs.inv_freq[i]);
+            table.cos[size_t(t) * half + i] = float(std::cos(angle)) * freqs.mscale;
+            table.sin[size_t(t) * half + i] = float(std::sin(angle)) * freqs.mscale;
+        }
+    }
+}
+
+void embed(Forward& f, float scale) {
+    const int64_t n = f.hp.n_embd;
+    for_rows(f, f.n_tokens, 4 * n, [&](int64_t t) {
+        float* x = f.x + t * n;
+        ops::get_row(f.w.token_embd.data, f.w.token_embd.type, n, f.tokens[t], x);
+        if (scale != 1.0f)
+            for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+    });
+}
+
+void rms_norm(Forward& f, const float* x, const std::vector<float>& w, float* out, int64_t n_rows) {
+    if (n_rows < 0) n_rows = f.n_tokens;
+    const int64_t n = int64_t(w.size());
+    const float eps = f.hp.norm_eps;
+    for_rows(f, n_rows, 4 * n, [&](int64_t t) { rms_norm_row(x + t * n, w.data(), out + t * n, n, eps); });
+}
+
+void rms_norm_heads(Forward& f, float* x, int64_t n_heads, const std::vector<float>& w) {
+    const int64_t hd = int64_t(w.size());
+    const float eps = f.hp.norm_eps;
+    for_rows(f, f.n_tokens, 4 * n_heads * hd, [&](int64_t t) {
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* row = x + (t * n_heads + h) * hd;
+            rms_norm_row(row, w.data(), row, hd, eps);
+        }
+    });
+}
+
+void linear(Forward& f, const Matrix& W, const float* in, float* out, const std::vector<float>& bias,
+            int64_t n_rows) {
+    if (n_rows < 0) n_rows = f.n_tokens;
+    ops::matmul(W.data, W.type, W.rows, W.cols, in, n_rows, out, f.pool);
+    if (bias.empty()) return;
+    for (int64_t t = 0; t < n_rows; ++t) {
+        float* y = out + t * W.rows;
+        for (int64_t i = 0; i < W.rows; ++i) y[i] += bias[size_t(i)];
+    }
+}
+
+void rope(Forward& f, float* x, int64_t n_heads, const RopeTable& table, RopeLayout layout) {
+    const int64_t hd = f.hp.head_dim, half = f.hp.n_rot / 2;
+    for_rows(f, f.n_tokens, 4 * n_heads * half, [&](int64_t t) {
+        const float* c = table.cos.data() + t * half;
+        const float* s = table.sin.data() + t * half;
+        for (int64_t h = 0; h < n_heads; ++h) {
+            float* v = x + (t * n_heads + h) * hd;
+            if (layout == RopeLayout::Normal) {
+                for (int64_t i = 0; i < half; ++i) {
+                    const float x0 = v[2 * i], x1 = v[2 * i + 1];
+                    v[2 * i] = x0 * c[i] - x1 * s[i];
+                    v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+                }
+            } else {
+                for (int64_t i = 0; i < half; ++i) {
+                    const float x0 = v[i], x1 = v[i + half];
+                    v[i] = x0 * c[i] - x1 * s[i];
+                    v[i + half] = x1 * c[i] + x0 * s[i];
+                }
+            }
+        }
+    });
+}
+
+void add(Forward& f, float* x, const float* y, int64_t width) {
+    for_rows(f, f.n_tokens, width, [&](int64_t t) {
+        float* a = x + t * width;
+        const float* b = y + t * width;
+        for (int64_t i = 0; i < width; ++i) a[i] += b[i];
+    });
+}
+
+void swiglu(Forward& f) {
+    const int64_t n = f.hp.n_ff;
+    for_rows(f, f.n_tokens, 16 * n, [&](int64_t t) {
+        float* g = f.gate + t * n;
+        const float* u = f.up + t * n;
+        for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    });
+}
+
+void geglu(Forward& f) {
+    const int64_t n = f.hp.n_ff;
+    const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+    for_rows(f, f.n_tokens, 16 * n, [&](int64_t t) {
+        float* g = f.gate + t * n;
+        const float* u = f.up + t * n;
+        for (int64_t i = 0; i < n; ++i) {
+            const float x = g[i];
+            g[i] = 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x))) * u[i];
+        }
+    });
+}
+
+void output(Forward& f) {
+    const int64_t n_rows = f.n_tokens - f.out_first;
+    if (n_rows <= 0) return;
+    const int64_t n = f.hp.n_embd;
+    rms_norm(f, f.x + f.out_first * n, f.w.output_norm, f.xn, n_rows);
+    linear(f, f.w.output, f.xn, f.logits, {}, n_rows);
+    const float cap = f.hp.final_logit_softcap;
+    if (cap > 0.0f) {
+        const int64_t total = n_rows * f.hp.n_vocab;
+        for (int64_t i = 0; i < total; ++i) f.logits[i] = std::tanh(f.logits[i] / cap) * cap;
+    }
+}
+
+}  // namespace edgellm

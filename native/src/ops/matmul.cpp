@@ -1,0 +1,176 @@
+// matmul: weight rows split over the pool in tasks of whole row tiles. Many tokens: a task
+// dequantizes a tile of rows into a per-thread f32 buffer (sized to stay in cache) and multiplies
+// it against every token with the ISA's register-blocked kernel; F32 weights are used in place.
+// A few tokens (decode): the fused kernel dequantizes in registers and reads each row once. Both
+// produce the same bits: same dequantized values, same summation order (fixed by k alone), so
+// results depend neither on the split nor on n_tokens.
+#include "ops/matmul.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "ops/matmul_kernels.h"
+
+namespace edgellm::ops {
+
+bool supports(quant::Type type) {
+    using T = quant::Type;
+    switch (type) {
+        case T::F32: case T::F16: case T::BF16: case T::Q4_0: case T::Q4_1: case T::Q5_0: case T::Q5_1:
+        case T::Q8_0: case T::Q2_K: case T::Q3_K: case T::Q4_K: case T::Q5_K: case T::Q6_K:
+            return true;
+        default:
+            return false;
+    }
+}
+
+namespace detail {
+
+namespace {
+
+// ---- scalar kernels: the portable fallback ----
+
+bool dequant_scalar(quant::Type, const uint8_t*, size_t, int64_t, int64_t, float*, int64_t) { return false; }
+
+// Plain sequential f32 sums (no contraction: the library is built with -ffp-contract=off).
+void gemm_scalar(const float* w, int64_t ldw, int64_t nr, const float* x, int64_t ldx, int64_t nt, int64_t k, float* y,
+                 int64_t ldy) {
+    for (int64_t t = 0; t < nt; ++t)
+        for (int64_t r = 0; r < nr; ++r) {
+            const float* wr = w + r * ldw;
+            const float* xt = x + t * ldx;
+            float s = 0.0f;
+            for (int64_t j = 0; j < k; ++j) s += wr[j] * xt[j];
+            y[t * ldy + r] = s;
+        }
+}
+
+bool fused_scalar(quant::Type, const uint8_t*, size_t, int64_t, const float*, int64_t, int64_t, int64_t, float*,
+                  int64_t) {
+    return false;
+}
+
+const Kernels kScalar = {Isa::Scalar, dequant_scalar, gemm_scalar, fused_scalar, 0};
+
+const Kernels* kernels_of(Isa isa) {
+    switch (isa) {
+        case Isa::Avx512: return kernels_avx512();
+        case Isa::Avx2: return kernels_avx2();
+        case Isa::Scalar: return &kScalar;
+    }
+    return nullptr;
+}
+
+const Kernels& best_kernels() {
+    static const Kernels* best = [] {
+        if (const Kernels* k = kernels_avx512()) return k;
+        if (const Kernels* k = kernels_avx2()) return k;
+        return &kScalar;
+    }();
+    return *best;
+}
+
+void check(quant::Type type, int64_t k) {
+    if (!supports(type)) {
+        const quant::Traits* t = quant::traits(static_cast<uint32_t>(type));
+        throw Error(std::string("matmul: weight type ") +
+                    (t ? t->name : "id " + std::to_string(static_cast<uint32_t>(type))) + " is not supported");
+    }
+    if (k <= 0) throw Error("matmul: row length " + std::to_string(k) + " is not positive");
+    quant::row_size(type, k);  // throws when k is not a multiple of the block size
+}
+
+constexpr int64_t kRowAlign = 4;                // the kernels' row tile
+constexpr int64_t kPrefillTileBytes = 96 << 10;  // dequantized rows per tile when many tokens reuse them
+constexpr int64_t kDecodeTileBytes = 16 << 10;   // ... and when few do: stay in L1
+constexpr int64_t kManyTokens = 4;
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x,
+                int64_t n_tokens, float* y, ThreadPool& pool) {
+    check(type, k);
+    if (rows <= 0 || n_tokens <= 0) return;
+    const size_t rs = quant::row_size(type, k);
+    // f32 weights are read in place when aligned (GGUF aligns tensor data to 32 bytes by default)
+    const bool in_place = type == quant::Type::F32 && reinterpret_cast<uintptr_t>(W) % alignof(float) == 0;
+
+    // Rows per dequantized tile: bounded by cache, a multiple of the kernel's 4 rows.
+    const int64_t tile_bytes = n_tokens >= kManyTokens ? kPrefillTileBytes : kDecodeTileBytes;
+    const int64_t tile_rows = std::max(kRowAlign, tile_bytes / (k * 4) / kRowAlign * kRowAlign);
+    // Rows per task: a few tasks per thread for balance, whole tiles when there are enough rows.
+    const int64_t n_threads = pool.n_threads();
+    int64_t task_rows = round_up(std::max<int64_t>(1, (rows + 4 * n_threads - 1) / (4 * n_threads)), kRowAlign);
+    if (task_rows > tile_rows) task_rows = round_up(task_rows, tile_rows);
+    const int64_t n_tasks = (rows + task_rows - 1) / task_rows;
+
+    // A few tokens: weights dequantized in registers, each row read once (a call with no rows
+    // asks whether the kernels have a fused path for this type).
+    if (n_tokens <= K.fused_max_tokens && !in_place && K.fused(type, W, rs, 0, x, k, n_tokens, k, y, rows)) {
+        pool.run(n_tasks, [&](int64_t task, int) {
+            const int64_t r0 = task * task_rows, nr = std::min(rows, r0 + task_rows) - r0;
+            K.fused(type, W + static_cast<size_t>(r0) * rs, rs, nr, x, k, n_tokens, k, y + r0, rows);
+        });
+        return;
+    }
+    pool.run(n_tasks, [&](int64_t task, int) {
+        thread_local std::vector<float> buf;
+        const int64_t r_end = std::min(rows, (task + 1) * task_rows);
+        for (int64_t r0 = task * task_rows; r0 < r_end; r0 += tile_rows) {
+            const int64_t nr = std::min(tile_rows, r_end - r0);
+            const uint8_t* src = W + static_cast<size_t>(r0) * rs;
+            const float* w;
+            if (in_place) {
+                w = reinterpret_cast<const float*>(src);
+            } else {
+                if (buf.size() < static_cast<size_t>(nr * k)) buf.resize(static_cast<size_t>(tile_rows * k));
+                if (!K.dequant(type, src, rs, nr, k, buf.data(), k)) quant::dequantize(type, src, buf.data(), nr, k, 1);
+                w = buf.data();
+            }
+            K.gemm(w, k, nr, x, k, n_tokens, k, y + r0, rows);
+        }
+    });
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+        case Isa::Avx512: return "avx512";
+        case Isa::Avx2: return "avx2";
+        case Isa::Scalar: return "scalar";
+    }
+    return "?";
+}
+
+Isa best_isa() { return best_kernels().isa; }
+
+bool isa_available(Isa isa) { return kernels_of(isa) != nullptr; }
+
+const Kernels* kernels_scalar() { return &kScalar; }
+
+void matmul_with(Isa isa, const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x,
+                 int64_t n_tokens, float* y, ThreadPool& pool) {
+    const Kernels* K = kernels_of(isa);
+    if (!K) throw Error(std::string("matmul: kernels ") + isa_name(isa) + " are not available on this CPU");
+    run_matmul(*K, W, type, rows, k, x, n_tokens, y, pool);
+}
+
+}  // namespace detail
+
+void matmul(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x, int64_t n_tokens,
+            float* y, ThreadPool& pool) {
+    detail::run_matmul(detail::best_kernels(), W, type, rows, k, x, n_tokens, y, pool);
+}
+
+void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out) {
+    detail::check(type, k);
+    const size_t rs = quant::row_size(type, k);
+    const uint8_t* src = W + static_cast<size_t>(r) * rs;
+    if (!detail::best_kernels().dequant(type, src, rs, 1, k, out, k)) quant::dequantize(type, src, out, 1, k, 1);
+}
+
+}  // namespace edgellm::ops

@@ -1,0 +1,30 @@
+// Matrix products against weights stored in any GGUF block format, and embedding row lookup.
+// The kernels are chosen at run time by the CPU's instruction sets (AVX-512, AVX2+FMA, scalar);
+// model code only calls these functions, never an ISA-specific kernel.
+#pragma once
+
+#include <cstdint>
+
+#include "common/thread_pool.h"
+#include "quant/quant.h"
+
+namespace edgellm::ops {
+
+// True when matmul() and get_row() accept weights of this type (every type quant.h can
+// dequantize: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K).
+bool supports(quant::Type type);
+
+// y (n_tokens x rows, row-major f32) = x (n_tokens x k, row-major f32) * W^T, where W is `rows`
+// rows of k elements of quant type `type` stored contiguously (quant::row_size(type, k) bytes per
+// row), as GGUF stores a weight of ne = [k, rows]. k must be a multiple of the type's block size
+// (checked at load; here it throws edgellm::Error, as does an unsupported type).
+// Each y element is computed by one thread with a summation order that depends neither on the
+// thread count nor on n_tokens, so results are identical for 1 or many threads and for a token
+// evaluated alone or inside a batch.
+void matmul(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x, int64_t n_tokens,
+            float* y, ThreadPool& pool);
+
+// Row lookup for embeddings: dequantizes row `r` of W (rows of k elements) into out (k floats).
+void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out);
+
+}  // namespace edgellm::ops

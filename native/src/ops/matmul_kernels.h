@@ -1,0 +1,51 @@
+// Internal to ops/: the per-ISA kernels behind matmul(). One table per instruction set; matmul.cpp
+// picks the best the CPU supports at run time. Tests use matmul_with() to hold every variant to
+// the scalar reference.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/thread_pool.h"
+#include "quant/quant.h"
+
+namespace edgellm::ops::detail {
+
+enum class Isa { Scalar, Avx2, Avx512 };
+
+const char* isa_name(Isa isa);
+
+struct Kernels {
+    Isa isa;
+    // Dequantizes n rows of k elements (src rows rs bytes apart) into dst (n rows, ldd floats
+    // apart), bit-identical to quant::dequantize. Returns false when this ISA has no fast
+    // dequantizer for the type (the caller then uses the scalar one).
+    bool (*dequant)(quant::Type type, const uint8_t* src, size_t rs, int64_t n, int64_t k, float* dst, int64_t ldd);
+    // y[t * ldy + r] = sum_j w[r * ldw + j] * x[t * ldx + j] for r < nr, t < nt, j < k. The sum of
+    // one element is accumulated in a fixed order (lanes over j, then a fixed reduction tree) that
+    // depends only on k: the same for any nr, nt or position inside the tile.
+    void (*gemm)(const float* w, int64_t ldw, int64_t nr, const float* x, int64_t ldx, int64_t nt, int64_t k, float* y,
+                 int64_t ldy);
+    // dequant + gemm fused for a few tokens (decode): nr rows of quantized weights (rs bytes apart)
+    // are dequantized in registers, giving bit-identical results. Returns false when the type or
+    // nt (> fused_max_tokens) is not handled.
+    bool (*fused)(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const float* x, int64_t ldx, int64_t nt,
+                  int64_t k, float* y, int64_t ldy);
+    int fused_max_tokens;
+};
+
+// nullptr when the build target has no such kernels (not x86) or the CPU lacks the instructions.
+const Kernels* kernels_avx512();
+const Kernels* kernels_avx2();
+const Kernels* kernels_scalar();
+
+// The kernels matmul() uses: the best the CPU supports.
+Isa best_isa();
+// True when kernels for `isa` can run on this CPU.
+bool isa_available(Isa isa);
+
+// matmul() with the kernels of a given ISA (which must be available).
+void matmul_with(Isa isa, const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x,
+                 int64_t n_tokens, float* y, ThreadPool& pool);
+
+}  // namespace edgellm::ops::detail

@@ -1,0 +1,260 @@
+// matmul and ThreadPool against references. For every weight type, every kernel variant this CPU
+// runs (scalar, AVX2, AVX-512), thread counts 1/2/3, odd row counts and n_tokens 1..33:
+//  - each output is within 1e-5 * sum_j |w_j x_j| of a double-precision dot of the dequantized
+//    weights (quant::dequantize, the scalar reference) and the activations;
+//  - each output is bit-identical whatever the thread count and n_tokens (a token alone or in a
+//    batch) for a given kernel variant;
+//  - the SIMD dequantizers and get_row are bit-identical to quant::dequantize.
+// ThreadPool: every task runs once, exceptions reach the caller, nested runs work, many short runs.
+// Usage: test_matmul [quick]   (exit status 0 when every check passes)
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/error.h"
+#include "common/thread_pool.h"
+#include "ops/matmul.h"
+#include "ops/matmul_kernels.h"
+#include "quant/quant.h"
+
+using namespace edgellm;
+using ops::detail::Isa;
+
+namespace {
+
+int g_failures = 0;
+
+void fail(const std::string& what) {
+    if (g_failures < 30) std::fprintf(stderr, "FAIL: %s\n", what.c_str());
+    ++g_failures;
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+std::vector<float> random_floats(std::mt19937& rng, size_t n, float scale) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& f : v) f = dist(rng);
+    return v;
+}
+
+struct Weights {
+    std::vector<uint8_t> bytes;  // rows * row_size
+    std::vector<float> ref;      // rows x k, dequantized by the scalar reference
+};
+
+Weights make_weights(std::mt19937& rng, quant::Type type, int64_t rows, int64_t k) {
+    const std::vector<float> w = random_floats(rng, static_cast<size_t>(rows * k), 0.5f);
+    Weights out;
+    out.bytes.resize(rows * quant::row_size(type, k));
+    quant::quantize(type, w.data(), out.bytes.data(), rows, k, nullptr, 1);
+    out.ref.resize(static_cast<size_t>(rows * k));
+    quant::dequantize(type, out.bytes.data(), out.ref.data(), rows, k, 1);
+    return out;
+}
+
+std::vector<Isa> isas() {
+    std::vector<Isa> v;
+    for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+        if (ops::detail::isa_available(isa)) v.push_back(isa);
+    return v;
+}
+
+void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector<int64_t>& row_counts,
+               const std::vector<int64_t>& token_counts, std::vector<ThreadPool*>& pools) {
+    const char* tname = quant::traits(static_cast<uint32_t>(type))->name;
+    const int64_t max_tokens = 33;
+    const std::vector<float> x = random_floats(rng, static_cast<size_t>(max_tokens * k), 1.0f);
+    for (int64_t rows : row_counts) {
+        const Weights W = make_weights(rng, type, rows, k);
+        // reference: double dot and the magnitude sum_j |w_j x_j| per output
+        std::vector<double> ref(static_cast<size_t>(max_tokens * rows)), mag(ref.size());
+        for (int64_t t = 0; t < max_tokens; ++t)
+            for (int64_t r = 0; r < rows; ++r) {
+                double s = 0, m = 0;
+                for (int64_t j = 0; j < k; ++j) {
+                    const double p = static_cast<double>(W.ref[r * k + j]) * x[t * k + j];
+                    s += p;
+                    m += std::fabs(p);
+                }
+                ref[t * rows + r] = s;
+                mag[t * rows + r] = m;
+            }
+        for (Isa isa : isas()) {
+            const std::string where = std::string(tname) + " k=" + std::to_string(k) + " rows=" +
+                                      std::to_string(rows) + " " + ops::detail::isa_name(isa);
+            // baseline: one thread, all tokens in one batch
+            std::vector<float> base(static_cast<size_t>(max_tokens * rows));
+            ops::detail::matmul_with(isa, W.bytes.data(), type, rows, k, x.data(), max_tokens, base.data(), *pools[0]);
+            double worst = 0;
+            for (size_t i = 0; i < base.size(); ++i) {
+                const double err = std::fabs(base[i] - ref[i]) / (mag[i] + 1e-30);
+                worst = std::max(worst, err);
+            }
+            if (!(worst <= 1e-5)) fail(where + ": relative error " + std::to_string(worst));
+            for (ThreadPool* pool : pools)
+                for (int64_t nt : token_counts)
+                    for (int64_t t0 = 0; t0 + nt <= max_tokens; t0 += std::max<int64_t>(nt, 11)) {
+                        std::vector<float> y(static_cast<size_t>(nt * rows), -1.0f);
+                        ops::detail::matmul_with(isa, W.bytes.data(), type, rows, k, x.data() + t0 * k, nt, y.data(),
+                                                 *pool);
+                        int64_t diff = 0;
+                        for (int64_t i = 0; i < nt * rows; ++i)
+                            if (!same_bits(y[i], base[t0 * rows + i])) ++diff;
+                        if (diff)
+                            fail(where + " threads=" + std::to_string(pool->n_threads()) + " n_tokens=" +
+                                 std::to_string(nt) + " t0=" + std::to_string(t0) + ": " + std::to_string(diff) +
+                                 " outputs differ from the batched single-thread result");
+                    }
+        }
+        // weights at an odd address (a GGUF may align tensors to 1 byte): same bits
+        {
+            std::vector<uint8_t> shifted(W.bytes.size() + 1);
+            std::copy(W.bytes.begin(), W.bytes.end(), shifted.begin() + 1);
+            std::vector<float> a(static_cast<size_t>(max_tokens * rows)), b(a.size());
+            for (int64_t nt : {int64_t(1), max_tokens}) {
+                ops::matmul(W.bytes.data(), type, rows, k, x.data(), nt, a.data(), *pools[1]);
+                ops::matmul(shifted.data() + 1, type, rows, k, x.data(), nt, b.data(), *pools[1]);
+                if (std::memcmp(a.data(), b.data(), static_cast<size_t>(nt * rows) * sizeof(float)) != 0)
+                    fail(std::string(tname) + " k=" + std::to_string(k) + ": misaligned weights give other results");
+            }
+        }
+        // dequantizers of every ISA and get_row: bit-identical to the scalar reference
+        for (Isa isa : isas()) {
+            const ops::detail::Kernels* K = isa == Isa::Avx512 ? ops::detail::kernels_avx512()
+                                            : isa == Isa::Avx2 ? ops::detail::kernels_avx2()
+                                                               : ops::detail::kernels_scalar();
+            std::vector<float> d(static_cast<size_t>(rows * k));
+            if (!K->dequant(type, W.bytes.data(), quant::row_size(type, k), rows, k, d.data(), k)) continue;
+            if (std::memcmp(d.data(), W.ref.data(), d.size() * sizeof(float)) != 0)
+                fail(std::string(tname) + " k=" + std::to_string(k) + " " + ops::detail::isa_name(isa) +
+                     ": dequantizer differs from quant::dequantize");
+        }
+        std::vector<float> row(static_cast<size_t>(k));
+        for (int64_t r = 0; r < rows; r += std::max<int64_t>(1, rows / 3)) {
+            ops::get_row(W.bytes.data(), type, k, r, row.data());
+            if (std::memcmp(row.data(), W.ref.data() + r * k, k * sizeof(float)) != 0)
+                fail(std::string(tname) + ": get_row " + std::to_string(r) + " differs from quant::dequantize");
+        }
+    }
+}
+
+void test_errors() {
+    ThreadPool pool(1);
+    float x[64] = {}, y[4] = {};
+    uint8_t w[1024] = {};
+    auto expect_error = [&](const char* what, auto fn) {
+        try {
+            fn();
+            fail(std::string(what) + ": no error");
+        } catch (const Error&) {
+        } catch (...) {
+            fail(std::string(what) + ": wrong exception type");
+        }
+    };
+    expect_error("q8_1 weights", [&] { ops::matmul(w, quant::Type::Q8_1, 1, 32, x, 1, y, pool); });
+    expect_error("unknown type id", [&] { ops::matmul(w, static_cast<quant::Type>(99), 1, 32, x, 1, y, pool); });
+    expect_error("k not a block multiple", [&] { ops::matmul(w, quant::Type::Q4_0, 1, 48, x, 1, y, pool); });
+    expect_error("k = 0", [&] { ops::matmul(w, quant::Type::F32, 1, 0, x, 1, y, pool); });
+    expect_error("get_row of i32", [&] { ops::get_row(w, quant::Type::I32, 4, 0, x); });
+    expect_error("negative threads", [&] { ThreadPool p(-1); });
+    if (ops::supports(quant::Type::Q8_K) || !ops::supports(quant::Type::Q3_K)) fail("supports()");
+}
+
+void test_pool() {
+    for (int n : {1, 2, 3, 5}) {
+        ThreadPool pool(n);
+        if (pool.n_threads() != n) fail("n_threads");
+        for (int64_t tasks : {int64_t(0), int64_t(1), int64_t(2), int64_t(7), int64_t(1000)}) {
+            std::vector<std::atomic<int>> hits(static_cast<size_t>(tasks));
+            std::atomic<int> bad_index{0};
+            pool.run(tasks, [&](int64_t i, int t) {
+                hits[static_cast<size_t>(i)].fetch_add(1);
+                if (t < 0 || t >= n) bad_index.fetch_add(1);
+            });
+            for (auto& h : hits)
+                if (h.load() != 1) fail("pool(" + std::to_string(n) + "): a task did not run exactly once");
+            if (bad_index.load()) fail("pool: thread index out of range");
+        }
+        // exceptions: the first one is rethrown, the pool stays usable
+        bool caught = false;
+        try {
+            pool.run(100, [&](int64_t i, int) {
+                if (i == 37) throw Error("task 37");
+            });
+        } catch (const Error& e) {
+            caught = std::string(e.what()) == "task 37";
+        }
+        if (!caught) fail("pool: exception not rethrown");
+        // nested run: executes serially on the calling worker
+        std::atomic<int64_t> sum{0};
+        pool.run(8, [&](int64_t i, int) { pool.run(10, [&](int64_t j, int) { sum.fetch_add(i * 10 + j); }); });
+        if (sum.load() != 79 * 80 / 2) fail("pool: nested run");
+        // another pool driven from inside jobs (from several workers at once): its own indices
+        ThreadPool inner(2);
+        std::atomic<int64_t> inner_sum{0};
+        std::atomic<int> inner_bad{0};
+        pool.run(6, [&](int64_t, int) {
+            inner.run(5, [&](int64_t j, int t) {
+                if (t < 0 || t >= 2) inner_bad.fetch_add(1);
+                inner_sum.fetch_add(j);
+            });
+        });
+        if (inner_sum.load() != 6 * 10 || inner_bad.load()) fail("pool: run of another pool inside a job");
+        // two outside threads driving the same pool: serialised, nothing lost
+        std::atomic<int64_t> shared{0};
+        std::thread other([&] {
+            for (int it = 0; it < 2000; ++it) pool.run(3, [&](int64_t, int) { shared.fetch_add(1); });
+        });
+        for (int it = 0; it < 2000; ++it) pool.run(3, [&](int64_t, int) { shared.fetch_add(1); });
+        other.join();
+        if (shared.load() != 2 * 2000 * 3) fail("pool: runs from two threads");
+        // many short runs (the spin/sleep handshake)
+        std::atomic<int64_t> count{0};
+        for (int it = 0; it < 20000; ++it) pool.run(n, [&](int64_t, int) { count.fetch_add(1); });
+        if (count.load() != 20000LL * n) fail("pool: lost tasks over many runs");
+    }
+    ThreadPool all(0);
+    if (all.n_threads() < 1) fail("pool(0): no threads");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const bool quick = argc > 1 && std::string(argv[1]) == "quick";
+    std::mt19937 rng(1234);
+    ThreadPool p1(1), p2(2), p3(3);
+    std::vector<ThreadPool*> pools = {&p1, &p2, &p3};
+    const std::vector<int64_t> tokens = quick ? std::vector<int64_t>{1, 7, 33}
+                                              : std::vector<int64_t>{1, 2, 3, 5, 6, 7, 13, 33};
+    using T = quant::Type;
+    struct Case {
+        T type;
+        std::vector<int64_t> ks;
+    };
+    const std::vector<Case> cases = {
+        {T::F32, {1, 19, 64, 577}}, {T::F16, {7, 64, 577}},  {T::BF16, {7, 64, 577}},   {T::Q8_0, {32, 96, 576}},
+        {T::Q4_0, {32, 576}},       {T::Q4_1, {32, 576}},    {T::Q5_0, {32, 576}},      {T::Q5_1, {32, 576}},
+        {T::Q2_K, {256}},           {T::Q3_K, {256}},        {T::Q4_K, {256, 1536}},    {T::Q5_K, {256, 768}},
+        {T::Q6_K, {256, 768}},
+    };
+    for (const Case& c : cases)
+        for (int64_t k : c.ks) test_type(rng, c.type, k, {1, 5, 37}, tokens, pools);
+    test_errors();
+    test_pool();
+    std::string names;
+    for (Isa isa : isas()) names += std::string(" ") + ops::detail::isa_name(isa);
+    if (g_failures) {
+        std::fprintf(stderr, "test_matmul: %d failures (kernels:%s)\n", g_failures, names.c_str());
+        return 1;
+    }
+    std::printf("test_matmul: ok (kernels:%s)\n", names.c_str());
+    return 0;
+}
