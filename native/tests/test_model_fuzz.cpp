@@ -81,9 +81,9 @@ int main(int argc, char** argv) {
         return 2;
     }
     int ran = 0;
-    for (const auto& f : files) {
-        std::fprintf(stderr, "%s\r", f.c_str());
-        ran += run_case(dir + "/" + f);
+    for (size_t i = 0; i < files.size(); ++i) {
+        if (i % 250 == 0) std::fprintf(stderr, "%zu/%zu %s\n", i, files.size(), files[i].c_str());
+        ran += run_case(dir + "/" + files[i]);
     }
     std::printf("%zu files: %d loaded and ran, %zu refused\n", files.size(), ran, files.size() - ran);
     return 0;
