@@ -89,6 +89,16 @@ edgellm_status copy_out(const std::string& s, char* buf, size_t buf_len, size_t*
     return EDGELLM_STATUS_OK;
 }
 
+// Runs a step of the detokenizer's stream on a copy and keeps the result only when the text fits
+// the caller's buffer, so BUFFER_TOO_SMALL consumes nothing and the caller can retry the same call.
+template <typename Step>
+edgellm_status stream_out(edgellm_detokenizer* d, Step&& step, char* buf, size_t buf_len, size_t* n_out) {
+    Utf8Stream probe = d->stream;
+    const edgellm_status st = copy_out(step(probe), buf, buf_len, n_out);
+    if (st == EDGELLM_STATUS_OK) d->stream = std::move(probe);
+    return st;
+}
+
 bool token_in_range(const edgellm_model* m, edgellm_token t) {
     return t >= 0 && t < m->tokenizer->n_vocab();
 }
@@ -244,15 +254,8 @@ edgellm_status edgellm_detokenizer_push(edgellm_detokenizer* d, edgellm_token t,
     if (!buf && buf_len) return null_arg("edgellm_detokenizer_push", "buf");
     if (!token_in_range(d->model, t)) return bad_token(d->model, t);
     return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
-        // Work on a copy so that BUFFER_TOO_SMALL consumes nothing: the caller retries the same token.
         const std::string piece = d->model->tokenizer->piece(t, d->special);
-        Utf8Stream probe = d->stream;
-        const std::string text = probe.push(piece);
-        if (n_out) *n_out = text.size();
-        if (text.size() > buf_len) return fail(EDGELLM_STATUS_BUFFER_TOO_SMALL, "buffer too small");
-        d->stream = std::move(probe);
-        if (!text.empty()) std::memcpy(buf, text.data(), text.size());
-        return EDGELLM_STATUS_OK;
+        return stream_out(d, [&](Utf8Stream& s) { return s.push(piece); }, buf, buf_len, n_out);
     });
 }
 
@@ -260,13 +263,7 @@ edgellm_status edgellm_detokenizer_flush(edgellm_detokenizer* d, char* buf, size
     if (!d) return null_arg("edgellm_detokenizer_flush", "detok");
     if (!buf && buf_len) return null_arg("edgellm_detokenizer_flush", "buf");
     return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
-        Utf8Stream probe = d->stream;
-        const std::string text = probe.flush();
-        if (n_out) *n_out = text.size();
-        if (text.size() > buf_len) return fail(EDGELLM_STATUS_BUFFER_TOO_SMALL, "buffer too small");
-        d->stream = std::move(probe);
-        if (!text.empty()) std::memcpy(buf, text.data(), text.size());
-        return EDGELLM_STATUS_OK;
+        return stream_out(d, [](Utf8Stream& s) { return s.flush(); }, buf, buf_len, n_out);
     });
 }
 
@@ -319,11 +316,7 @@ edgellm_status edgellm_context_eval(edgellm_context* c, const edgellm_token* tok
     if (!c) return null_arg("edgellm_context_eval", "ctx");
     if (n == 0) return fail(EDGELLM_STATUS_INVALID_ARGUMENT, "edgellm_context_eval: no tokens to evaluate");
     if (!tokens) return null_arg("edgellm_context_eval", "tokens");
-    for (size_t i = 0; i < n; ++i)
-        if (!token_in_range(c->model, tokens[i]))
-            return fail(EDGELLM_STATUS_INVALID_ARGUMENT,
-                        "token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
-                            " is outside the vocabulary [0, " + std::to_string(c->model->tokenizer->n_vocab()) + ")");
+    // Context::eval checks the ids itself (the message names the id and its position).
     return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
         c->ctx->eval(tokens, n, logits_all);
         return EDGELLM_STATUS_OK;
