@@ -4,6 +4,7 @@ The runtime needs numpy and the native module only; converters (torch, safetenso
 imported lazily by `edgellm convert` and live behind the `convert` extra.
 """
 
+from edgellm._core import isa, set_isa
 from edgellm.errors import (
     ChatTemplateError,
     ContextFullError,
@@ -20,4 +21,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LLM", "ChatTemplateError", "ContextFullError", "ConversionError", "EdgeLLMError", "GGUFError",
            "GenerationStats", "InvalidArgumentError", "ModelFileError", "Perplexity", "Sampler",
-           "UnsupportedError", "__version__"]
+           "UnsupportedError", "__version__", "isa", "set_isa"]

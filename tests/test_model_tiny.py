@@ -105,13 +105,16 @@ def test_quantized_files_match_transformers_on_the_same_file(convert_tiny, arch,
 
     Top-1 agreement with the f32 file is not a useful measure on these random models: their 49k logits
     are near-Gaussian with top-2 gaps of ~0.3, which q8_0 / q4_k_m weight noise flips on 5-60% of positions
-    in transformers exactly as in our runtime. The same file run by both must agree."""
+    in transformers exactly as in our runtime. The same file run by both must agree: our quantized
+    matmuls round the activations to 16-bit integers per block of 32 (relative error <= 2^-16 of the
+    block's largest value), which moves these logits by up to ~1e-3, typically 1e-4."""
     path = convert_tiny(arch, quant)
     ref = gguf_logits(path, LONG_PROMPT)
     with llm(path, kv_type="f32") as m:
         got = np.array(m.logits(LONG_PROMPT))
     assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95
-    assert np.abs(got - ref).max() < 1e-3
+    assert np.abs(got - ref).max() < 3e-3
+    assert np.median(np.abs(got - ref)) < 2e-4
 
 
 # ---------------------------------------------------------------- bad input

@@ -98,6 +98,14 @@ EDGELLM_API const char* edgellm_status_name(edgellm_status status);
 /* The library version, "MAJOR.MINOR.PATCH". */
 EDGELLM_API const char* edgellm_version(void);
 
+/* The CPU kernels every context of the process uses: "avx512", "avx2" or "scalar" (the portable
+ * reference). The best this CPU runs is chosen at start, unless the environment variable
+ * EDGELLM_ISA names one. edgellm_set_isa switches (tests run each code path with it; not while a
+ * context is evaluating): INVALID_ARGUMENT for an unknown name, UNSUPPORTED when this CPU cannot
+ * run those kernels. "auto" returns to the best. */
+EDGELLM_API const char* edgellm_isa(void);
+EDGELLM_API edgellm_status edgellm_set_isa(const char* name);
+
 /* ---------------------------------------------------------------- model */
 
 typedef struct edgellm_model_params {

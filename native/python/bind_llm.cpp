@@ -302,6 +302,10 @@ void bind_llm(py::module_& m) {
                                "The tokens do not fit in the context (KV cache); nothing was evaluated.");
 
     m.def("version", [] { return std::string(edgellm_version()); });
+    m.def("isa", [] { return std::string(edgellm_isa()); }, "The CPU kernels in use: avx512, avx2 or scalar.");
+    m.def(
+        "set_isa", [](const std::string& name) { check(edgellm_set_isa(name.c_str())); }, py::arg("name"),
+        "Use the kernels of one instruction set (avx512, avx2, scalar, or auto) in every context.");
 
     py::class_<PyModel>(m, "Model")
         .def(py::init<const std::string&, bool>(), py::arg("path"), py::arg("vocab_only") = false)

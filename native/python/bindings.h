@@ -11,5 +11,6 @@ pybind11::object& edgellm_error();
 void bind_quant(pybind11::module_& m);
 void bind_gguf(pybind11::module_& m);
 void bind_llm(pybind11::module_& m);  // after bind_gguf: uses GGUFError
+void bind_bench(pybind11::module_& m);  // bench/run.py's memory bandwidth probe
 
 }  // namespace edgellm_py

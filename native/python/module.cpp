@@ -24,4 +24,5 @@ PYBIND11_MODULE(_core, m) {
     edgellm_py::bind_quant(m);
     edgellm_py::bind_gguf(m);
     edgellm_py::bind_llm(m);
+    edgellm_py::bind_bench(m);
 }

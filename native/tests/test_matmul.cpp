@@ -74,19 +74,32 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
     const std::vector<float> x = random_floats(rng, static_cast<size_t>(max_tokens * k), 1.0f);
     for (int64_t rows : row_counts) {
         const Weights W = make_weights(rng, type, rows, k);
+        // The integer path multiplies the activations quantized to 16-bit blocks: the reference
+        // uses the same activations, dequantized (d * q).
+        ops::detail::QFormat qf;
+        const bool integer = ops::detail::qformat(type, &qf);
+        std::vector<float> xr = x;
+        if (integer) {
+            const int64_t nb = k / 32;
+            std::vector<int16_t> q(x.size());
+            std::vector<float> d(static_cast<size_t>(max_tokens * nb)), s(2 * d.size());
+            ops::detail::quantize_acts(x.data(), max_tokens, k, q.data(), d.data(), s.data());
+            for (size_t j = 0; j < x.size(); ++j) xr[j] = d[j / 32] * static_cast<float>(q[j]);
+        }
         // reference: double dot and the magnitude sum_j |w_j x_j| per output
         std::vector<double> ref(static_cast<size_t>(max_tokens * rows)), mag(ref.size());
         for (int64_t t = 0; t < max_tokens; ++t)
             for (int64_t r = 0; r < rows; ++r) {
                 double s = 0, m = 0;
                 for (int64_t j = 0; j < k; ++j) {
-                    const double p = static_cast<double>(W.ref[r * k + j]) * x[t * k + j];
+                    const double p = static_cast<double>(W.ref[r * k + j]) * xr[t * k + j];
                     s += p;
                     m += std::fabs(p);
                 }
                 ref[t * rows + r] = s;
                 mag[t * rows + r] = m;
             }
+        std::vector<float> first_simd;  // the SIMD kernels must agree bit for bit with each other
         for (Isa isa : isas()) {
             const std::string where = std::string(tname) + " k=" + std::to_string(k) + " rows=" +
                                       std::to_string(rows) + " " + ops::detail::isa_name(isa);
@@ -99,6 +112,12 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
                 worst = std::max(worst, err);
             }
             if (!(worst <= 1e-5)) fail(where + ": relative error " + std::to_string(worst));
+            if (integer && isa != Isa::Scalar) {
+                if (first_simd.empty())
+                    first_simd = base;
+                else if (std::memcmp(first_simd.data(), base.data(), base.size() * sizeof(float)) != 0)
+                    fail(where + ": differs from the other SIMD kernels");
+            }
             for (ThreadPool* pool : pools)
                 for (int64_t nt : token_counts)
                     for (int64_t t0 = 0; t0 + nt <= max_tokens; t0 += std::max<int64_t>(nt, 11)) {
@@ -136,6 +155,43 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
             if (std::memcmp(d.data(), W.ref.data(), d.size() * sizeof(float)) != 0)
                 fail(std::string(tname) + " k=" + std::to_string(k) + " " + ops::detail::isa_name(isa) +
                      ": dequantizer differs from quant::dequantize");
+        }
+        // unpackers of the integer path: SIMD bit-identical to the reference
+        if (integer) {
+            const size_t rs = quant::row_size(type, k);
+            auto unpacked = [&](const ops::detail::Kernels* K, std::vector<int16_t>& v, std::vector<float>& d,
+                                std::vector<float>& m) {
+                v.assign(ops::detail::qrows_v_count(rows, k), 0);
+                d.assign(ops::detail::qrows_scale_count(rows, k), 0.0f);
+                m = d;
+                const ops::detail::QRows dst{qf, k, k / 32, v.data(), d.data(), m.data()};
+                if (!K) {
+                    ops::detail::unpack_rows_ref(type, W.bytes.data(), rs, rows, dst, 0);
+                    return true;
+                }
+                return K->qunpack(type, W.bytes.data(), rs, rows, dst, 0);
+            };
+            std::vector<int16_t> v0, v1;
+            std::vector<float> d0, d1, m0, m1;
+            unpacked(nullptr, v0, d0, m0);
+            // d_h * v + m_h is the dequantized weight
+            double worst = 0;
+            for (int64_t r = 0; r < rows; ++r)
+                for (int64_t j = 0; j < k; ++j) {
+                    const size_t h = static_cast<size_t>(r * 2 * (k / 32) + j / 16);
+                    const float v = v0[r * k + j];
+                    const double w = static_cast<double>(d0[h]) * v + m0[h];
+                    worst = std::max(worst, std::fabs(w - W.ref[r * k + j]) / (std::fabs(W.ref[r * k + j]) + 1e-6));
+                }
+            if (!(worst <= 1e-6)) fail(std::string(tname) + ": unpacked rows differ from the dequantized ones");
+            for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
+                if (!ops::detail::isa_available(isa)) continue;
+                const auto* K = isa == Isa::Avx512 ? ops::detail::kernels_avx512() : ops::detail::kernels_avx2();
+                if (!unpacked(K, v1, d1, m1)) continue;
+                if (v1 != v0 || std::memcmp(d1.data(), d0.data(), d0.size() * 4) != 0 ||
+                    std::memcmp(m1.data(), m0.data(), m0.size() * 4) != 0)
+                    fail(std::string(tname) + " " + ops::detail::isa_name(isa) + ": unpacker differs from the reference");
+            }
         }
         std::vector<float> row(static_cast<size_t>(k));
         for (int64_t r = 0; r < rows; r += std::max<int64_t>(1, rows / 3)) {

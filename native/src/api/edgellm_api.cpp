@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "ops/matmul_kernels.h"
 #include "sampling/sampler.h"
 #include "tokenizer/tokenizer.h"
 
@@ -130,6 +131,27 @@ const char* edgellm_status_name(edgellm_status status) {
 }
 
 const char* edgellm_version(void) { return "0.1.0"; }
+
+const char* edgellm_isa(void) { return ops::detail::isa_name(ops::detail::best_isa()); }
+
+edgellm_status edgellm_set_isa(const char* name) {
+    if (!name) return null_arg("edgellm_set_isa", "name");
+    return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
+        using ops::detail::Isa;
+        Isa isa;
+        if (std::strcmp(name, "auto") == 0) {
+            isa = ops::detail::isa_available(Isa::Avx512) ? Isa::Avx512
+                  : ops::detail::isa_available(Isa::Avx2) ? Isa::Avx2
+                                                          : Isa::Scalar;
+        } else {
+            isa = ops::detail::isa_from_name(name);
+        }
+        if (!ops::detail::isa_available(isa))
+            throw Unsupported(std::string("kernels ") + name + " cannot run on this CPU");
+        ops::detail::set_isa(isa);
+        return EDGELLM_STATUS_OK;
+    });
+}
 
 // ------------------------------------------------------------------ model
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/thread_pool.h"
+#include "ops/qgemm.h"
 #include "quant/quant.h"
 
 namespace edgellm::ops::detail {
@@ -32,6 +33,15 @@ struct Kernels {
     bool (*fused)(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const float* x, int64_t ldx, int64_t nt,
                   int64_t k, float* y, int64_t ldy);
     int fused_max_tokens;
+    // The integer path (ops/qgemm.h) for the types qformat() accepts. qunpack: rows into dst from
+    // row r_off, exactly as unpack_rows_ref (false: no fast unpacker for the type; the caller uses
+    // the reference). qgemm: y[t * ldy + r] for nr rows of w and nt tokens of a.
+    bool (*qunpack)(quant::Type type, const uint8_t* src, size_t rs, int64_t nr, const QRows& dst, int64_t r_off);
+    void (*qgemm)(const QRows& w, int64_t nr, const QActs& a, int64_t nt, float* y, int64_t ldy);
+    // The same for a few tokens straight from nr raw rows (rs bytes apart), the same bits as
+    // unpacking then qgemm; false when the type or nt is not handled.
+    bool (*qfused)(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const QActs& a, int64_t nt, float* y,
+                   int64_t ldy);
 };
 
 // nullptr when the build target has no such kernels (not x86) or the CPU lacks the instructions.
@@ -39,8 +49,14 @@ const Kernels* kernels_avx512();
 const Kernels* kernels_avx2();
 const Kernels* kernels_scalar();
 
-// The kernels matmul() uses: the best the CPU supports.
+// The kernels matmul() uses: the best the CPU supports, or the level set_isa() or the environment
+// variable EDGELLM_ISA (scalar | avx2 | avx512, read once) asks for.
 Isa best_isa();
+// Makes matmul() use the kernels of `isa` (tests run the model on every code path with it);
+// throws edgellm::Error when this CPU cannot run them.
+void set_isa(Isa isa);
+// "scalar" | "avx2" | "avx512" -> Isa; throws edgellm::Error for another name.
+Isa isa_from_name(const char* name);
 // True when kernels for `isa` can run on this CPU.
 bool isa_available(Isa isa);
 

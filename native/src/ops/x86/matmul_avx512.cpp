@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 
 #include "quant/fp16.h"
 
@@ -462,7 +463,16 @@ bool fused(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const floa
     }
 }
 
-const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, fused, kFusedMaxTokens};
+// ---- integer path: AVX-512 VNNI on ymm registers (32 of them: a 4 x 3 tile) ----
+
+#define EDGELLM_QTARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define EDGELLM_QVNNI 1
+constexpr int kQRows = 4, kQTokens = 3, kQFusedTokens = 3;
+#include "ops/x86/qgemm_x86.inc"
+#undef EDGELLM_QTARGET
+#undef EDGELLM_QVNNI
+
+const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, fused, kFusedMaxTokens, qunpack, qgemm, qfused};
 
 }  // namespace
 
@@ -470,8 +480,20 @@ const Kernels* kernels_avx512() {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-        return &kAvx512;
+        __builtin_cpu_supports("f16c")) {
+        // Without VNNI (the first AVX-512 parts) the integer path is AVX2's.
+        static const Kernels k = [] {
+            Kernels out = kAvx512;
+            if (!__builtin_cpu_supports("avx512vnni")) {
+                const Kernels* avx2 = kernels_avx2();
+                out.qunpack = avx2->qunpack;
+                out.qgemm = avx2->qgemm;
+                out.qfused = avx2->qfused;
+            }
+            return out;
+        }();
+        return &k;
+    }
     return nullptr;
 }
 
