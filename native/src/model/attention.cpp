@@ -2,8 +2,8 @@
 //
 // Work is split into tasks of (query head, block of tokens). A task walks the cached keys in
 // tiles of kTile positions anchored at multiples of kTile: each tile's keys and values are
-// read as f32 once (keys transposed, so the scores of a query are a loop over the tile that
-// vectorises), then every token of the block folds the tile into a running softmax (online
+// read as f32 once (the cache stores keys transposed by tile, so the scores of a query are a loop
+// over the tile that vectorises, and an f16 tile converts in one contiguous pass), then every token of the block folds the tile into a running softmax (online
 // softmax: max, sum and weighted value sum, rescaled when the max grows). A token's result depends
 // only on its own positions and the tile grid, never on which block or chunk it was evaluated in,
 // so token-by-token decode and batched prefill give the same numbers.
@@ -138,6 +138,7 @@ TileStepFn pick_tile_step() {
 void attention(Forward& f, int64_t il, int64_t window) {
     const HParams& hp = f.hp;
     const int64_t T = f.n_tokens, hd = hp.head_dim, n_head = hp.n_head, n_kv = hp.n_embd_kv();
+    static_assert(kTile == KvCache::kTile, "attention tiles are the cache's key tiles");
     const int64_t group = hp.n_head / hp.n_head_kv;
     const float scale = hp.attn_scale;
     static const TileStepFn tile_step = pick_tile_step();
@@ -158,10 +159,9 @@ void attention(Forward& f, int64_t il, int64_t window) {
         AttnScratch& sc = f.scratch[size_t(thread)];
         const int64_t h = task % n_head, t0 = (task / n_head) * block, t1 = std::min(T, t0 + block);
         const int64_t kvh = h / group;
-        float* kt = sc.kt.data();
-        float* vt = sc.v.data();
+        float* kbuf = sc.kt.data();
+        float* vbuf = sc.v.data();
         float* s = sc.s.data();
-        float* krow = sc.krow.data();
         for (int64_t t = t0; t < t1; ++t) {
             sc.m[size_t(t - t0)] = -std::numeric_limits<float>::infinity();
             sc.l[size_t(t - t0)] = 0.0f;
@@ -170,11 +170,8 @@ void attention(Forward& f, int64_t il, int64_t window) {
         const int64_t lo = first_key(t0), hi = f.pos0 + t1;  // keys [lo, hi) cover the block
         for (int64_t ts = lo / kTile * kTile; ts < hi; ts += kTile) {
             const int64_t j0 = std::max(ts, lo), j1 = std::min(ts + kTile, hi);
-            for (int64_t j = j0; j < j1; ++j) {
-                cache.read_k(il, j, kvh * hd, hd, krow);
-                for (int64_t d = 0; d < hd; ++d) kt[d * kTile + (j - ts)] = krow[d];
-                cache.read_v(il, j, kvh * hd, hd, vt + (j - ts) * hd);
-            }
+            const float* kt = cache.keys(il, kvh, ts / kTile, j1 - ts, kbuf);
+            const float* vt = cache.values(il, kvh, ts, j1 - ts, vbuf);
             for (int64_t t = t0; t < t1; ++t) {
                 // keys of this token inside the tile, as offsets [a, b) from ts
                 const int64_t a = std::max(j0, first_key(t)) - ts, b = std::min(j1, f.pos0 + t + 1) - ts;
@@ -200,7 +197,6 @@ void attn_scratch_init(AttnScratch& sc, int64_t head_dim) {
     sc.kt.assign(size_t(head_dim * kTile), 0.0f);
     sc.v.assign(size_t(head_dim * kTile), 0.0f);
     sc.s.assign(size_t(kTile), 0.0f);
-    sc.krow.assign(size_t(head_dim), 0.0f);
     sc.m.assign(size_t(kMaxBlock), 0.0f);
     sc.l.assign(size_t(kMaxBlock), 0.0f);
     sc.acc.assign(size_t(kMaxBlock * head_dim), 0.0f);

@@ -55,7 +55,7 @@ ContextImpl::ContextImpl(const ModelImpl& model, const ContextParams& params)
       n_ctx_(checked_ctx(hp_, params)),
       n_batch_(checked_batch(n_ctx_, params)),
       pool_(params.n_threads),
-      cache_(hp_.n_layer, n_ctx_, hp_.n_embd_kv(), params.kv_f32 ? quant::Type::F32 : quant::Type::F16) {
+      cache_(hp_.n_layer, n_ctx_, hp_.n_head_kv, hp_.head_dim, params.kv_f32 ? quant::Type::F32 : quant::Type::F16) {
     scratch_.resize(size_t(pool_.n_threads()));
     for (AttnScratch& sc : scratch_) attn_scratch_init(sc, hp_.head_dim);
     const Weights& w = model.weights();

@@ -1,6 +1,8 @@
 // The KV cache: keys and values of every layer and position, allocated once per context, stored
-// in f16 (the default, as llama.cpp does) or f32 (exact, twice the memory). Layout per layer:
-// (n_ctx, n_head_kv * head_dim), position-major, so a batch of tokens writes contiguous rows.
+// in f16 (the default, as llama.cpp does) or f32 (exact, twice the memory). Laid out for the
+// reader: per layer and KV head, keys in tiles of kTile positions stored transposed (head_dim rows
+// of kTile), values position-major; so attention converts one contiguous block per tile and
+// writing a token scatters its keys (once per token, cheap).
 // Positions >= n_past hold stale data that is overwritten before it is read, which is what makes
 // truncate() free.
 #pragma once
@@ -27,51 +29,43 @@ inline float half_to_float(uint16_t h) {
     return quant::bits_f32(sign | bits);
 }
 
+// f16 -> f32 of n values (exact), with F16C when the CPU has it.
+void halves_to_floats(const uint16_t* src, float* dst, int64_t n);
+
 class KvCache {
 public:
+    // Positions per key tile: attention reads keys a tile at a time (model/attention.cpp).
+    static constexpr int64_t kTile = 64;
+
     // type: F16 or F32. Throws Error for another type, or when the cache cannot be allocated (the
     // message gives the size).
-    KvCache(int64_t n_layer, int64_t n_ctx, int64_t n_embd_kv, quant::Type type);
+    KvCache(int64_t n_layer, int64_t n_ctx, int64_t n_head_kv, int64_t head_dim, quant::Type type);
 
     int64_t n_ctx() const { return n_ctx_; }
     quant::Type type() const { return f32_ ? quant::Type::F32 : quant::Type::F16; }
     size_t bytes() const { return 2 * elem_ * n_elems_; }
 
-    // Stores the n_embd_kv keys and values of position `pos` of layer `layer`.
-    void write(int64_t layer, int64_t pos, const float* k, const float* v) {
-        const size_t o = offset(layer, pos);
-        if (f32_) {
-            std::memcpy(kf_.get() + o, k, size_t(n_embd_kv_) * sizeof(float));
-            std::memcpy(vf_.get() + o, v, size_t(n_embd_kv_) * sizeof(float));
-            return;
-        }
-        uint16_t* kd = kh_.get() + o;
-        uint16_t* vd = vh_.get() + o;
-        for (int64_t i = 0; i < n_embd_kv_; ++i) kd[i] = quant::fp32_to_fp16(k[i]);
-        for (int64_t i = 0; i < n_embd_kv_; ++i) vd[i] = quant::fp32_to_fp16(v[i]);
-    }
+    // Stores the keys and values (n_head_kv * head_dim each, head-major) of position `pos`.
+    void write(int64_t layer, int64_t pos, const float* k, const float* v);
 
-    // Values [first, first + n) of the keys / values at `pos`, as f32.
-    void read_k(int64_t layer, int64_t pos, int64_t first, int64_t n, float* out) const {
-        read(kf_.get(), kh_.get(), offset(layer, pos) + size_t(first), n, out);
-    }
-    void read_v(int64_t layer, int64_t pos, int64_t first, int64_t n, float* out) const {
-        read(vf_.get(), vh_.get(), offset(layer, pos) + size_t(first), n, out);
-    }
+    // The keys of KV head `kvh` at positions [tile * kTile, tile * kTile + n), transposed: value d
+    // of position tile * kTile + j at [d * kTile + j]. Columns from n up to the next multiple of
+    // 16 hold whatever the cache holds there (callers ignore them). An f32 cache returns a pointer
+    // into itself; an f16 one converts into buf (head_dim * kTile floats) and returns buf.
+    const float* keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, float* buf) const;
+    // The values of KV head `kvh` at positions [pos, pos + n), row-major (n x head_dim), the same way.
+    const float* values(int64_t layer, int64_t kvh, int64_t pos, int64_t n, float* buf) const;
 
 private:
-    size_t offset(int64_t layer, int64_t pos) const { return size_t((layer * n_ctx_ + pos) * n_embd_kv_); }
-
-    void read(const float* f, const uint16_t* h, size_t o, int64_t n, float* out) const {
-        if (f32_) {
-            std::memcpy(out, f + o, size_t(n) * sizeof(float));
-            return;
-        }
-        const uint16_t* src = h + o;
-        for (int64_t i = 0; i < n; ++i) out[i] = half_to_float(src[i]);
+    // Keys: (layer, kv head, tile, head_dim, kTile). Values: (layer, kv head, position, head_dim).
+    size_t k_offset(int64_t layer, int64_t kvh, int64_t tile) const {
+        return size_t(((layer * n_head_kv_ + kvh) * n_tiles_ + tile) * head_dim_ * kTile);
+    }
+    size_t v_offset(int64_t layer, int64_t kvh, int64_t pos) const {
+        return size_t(((layer * n_head_kv_ + kvh) * n_tiles_ * kTile + pos) * head_dim_);
     }
 
-    int64_t n_layer_, n_ctx_, n_embd_kv_;
+    int64_t n_layer_, n_ctx_, n_head_kv_, head_dim_, n_tiles_;
     bool f32_;
     size_t elem_;     // bytes per value
     size_t n_elems_;  // values per cache (keys or values)

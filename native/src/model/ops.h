@@ -32,10 +32,9 @@ struct RopeTable {
 
 // Per-thread scratch of the attention step (sized once per context).
 struct AttnScratch {
-    std::vector<float> kt;   // (head_dim, kTile): keys of a tile, transposed
-    std::vector<float> v;    // (kTile, head_dim)
+    std::vector<float> kt;   // (head_dim, kTile): keys of a tile, transposed (f16 cache)
+    std::vector<float> v;    // (kTile, head_dim): values of a tile (f16 cache)
     std::vector<float> s;    // (kTile): scores of one query
-    std::vector<float> krow; // (head_dim): one key as read from the cache
     std::vector<float> m, l; // (token block): running max and sum of the softmax
     std::vector<float> acc;  // (token block, head_dim): running weighted sum of values
 };

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "quant/fp16.h"
@@ -411,11 +412,11 @@ bool fused(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const floa
 // ---- integer path ----
 
 #define EDGELLM_QTARGET EDGELLM_AVX2
-#define EDGELLM_QVNNI 0
+#define EDGELLM_QZMM 0
 constexpr int kQRows = 2, kQTokens = 2, kQFusedTokens = 2;  // a small tile: AVX2 has 16 ymm registers
 #include "ops/x86/qgemm_x86.inc"
 #undef EDGELLM_QTARGET
-#undef EDGELLM_QVNNI
+#undef EDGELLM_QZMM
 
 const Kernels kAvx2 = {Isa::Avx2, dequant, gemm, fused, kFusedMaxTokens, qunpack, qgemm, qfused};
 

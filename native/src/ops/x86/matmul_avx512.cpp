@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "quant/fp16.h"
@@ -463,14 +464,14 @@ bool fused(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const floa
     }
 }
 
-// ---- integer path: AVX-512 VNNI on ymm registers (32 of them: a 4 x 3 tile) ----
+// ---- integer path: AVX-512 BW + VNNI, a block per zmm register, a 4 x 3 tile ----
 
 #define EDGELLM_QTARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
-#define EDGELLM_QVNNI 1
+#define EDGELLM_QZMM 1
 constexpr int kQRows = 4, kQTokens = 3, kQFusedTokens = 3;
 #include "ops/x86/qgemm_x86.inc"
 #undef EDGELLM_QTARGET
-#undef EDGELLM_QVNNI
+#undef EDGELLM_QZMM
 
 const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, fused, kFusedMaxTokens, qunpack, qgemm, qfused};
 
