@@ -1,9 +1,11 @@
-// matmul: weight rows split over the pool in tasks of whole row tiles. Many tokens: a task
-// dequantizes a tile of rows into a per-thread f32 buffer (sized to stay in cache) and multiplies
-// it against every token with the ISA's register-blocked kernel; F32 weights are used in place.
-// A few tokens (decode): the fused kernel dequantizes in registers and reads each row once. Both
-// produce the same bits: same dequantized values, same summation order (fixed by k alone), so
-// results depend neither on the split nor on n_tokens.
+// matmul: weight rows split over the pool in tasks of whole row tiles.
+// Quantized weights take the integer path (ops/qgemm.h): activations quantized once per call, then
+// either the fused decode kernel over raw blocks (a few tokens) or tiles of unpacked rows
+// multiplied against every token; both give the same bits.
+// F32 / F16 / BF16 weights take the float path: a task dequantizes a tile of rows into a per-thread
+// f32 buffer (sized to stay in cache; F32 is used in place) and multiplies it against every token
+// with the ISA's register-blocked kernel, the summation order fixed by k alone.
+// Either way results depend neither on the split nor on n_tokens.
 #include "ops/matmul.h"
 
 #include <algorithm>
@@ -51,18 +53,12 @@ void gemm_scalar(const float* w, int64_t ldw, int64_t nr, const float* x, int64_
         }
 }
 
-bool fused_scalar(quant::Type, const uint8_t*, size_t, int64_t, const float*, int64_t, int64_t, int64_t, float*,
-                  int64_t) {
-    return false;
-}
-
 bool qunpack_scalar(quant::Type, const uint8_t*, size_t, int64_t, const QRows&, int64_t) { return false; }
 bool qfused_scalar(quant::Type, const uint8_t*, size_t, int64_t, const QActs&, int64_t, float*, int64_t) {
     return false;
 }
 
-const Kernels kScalar = {Isa::Scalar,    dequant_scalar, gemm_scalar, fused_scalar, 0,
-                         qunpack_scalar, qgemm_ref,      qfused_scalar};
+const Kernels kScalar = {Isa::Scalar, dequant_scalar, gemm_scalar, qunpack_scalar, qgemm_ref, qfused_scalar};
 
 const Kernels* kernels_of(Isa isa) {
     switch (isa) {
@@ -186,15 +182,6 @@ void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t ro
         return;
     }
 
-    // A few tokens: weights dequantized in registers, each row read once (a call with no rows
-    // asks whether the kernels have a fused path for this type).
-    if (n_tokens <= K.fused_max_tokens && !in_place && K.fused(type, W, rs, 0, x, k, n_tokens, k, y, rows)) {
-        pool.run(n_tasks, [&](int64_t task, int) {
-            const int64_t r0 = task * task_rows, nr = std::min(rows, r0 + task_rows) - r0;
-            K.fused(type, W + static_cast<size_t>(r0) * rs, rs, nr, x, k, n_tokens, k, y + r0, rows);
-        });
-        return;
-    }
     pool.run(n_tasks, [&](int64_t task, int) {
         thread_local std::vector<float> buf;
         const int64_t r_end = std::min(rows, (task + 1) * task_rows);

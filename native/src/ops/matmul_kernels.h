@@ -27,12 +27,6 @@ struct Kernels {
     // depends only on k: the same for any nr, nt or position inside the tile.
     void (*gemm)(const float* w, int64_t ldw, int64_t nr, const float* x, int64_t ldx, int64_t nt, int64_t k, float* y,
                  int64_t ldy);
-    // dequant + gemm fused for a few tokens (decode): nr rows of quantized weights (rs bytes apart)
-    // are dequantized in registers, giving bit-identical results. Returns false when the type or
-    // nt (> fused_max_tokens) is not handled.
-    bool (*fused)(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const float* x, int64_t ldx, int64_t nt,
-                  int64_t k, float* y, int64_t ldy);
-    int fused_max_tokens;
     // The integer path (ops/qgemm.h) for the types qformat() accepts. qunpack: rows into dst from
     // row r_off, exactly as unpack_rows_ref (false: no fast unpacker for the type; the caller uses
     // the reference). qgemm: y[t * ldy + r] for nr rows of w and nt tokens of a.

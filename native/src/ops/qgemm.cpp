@@ -177,14 +177,21 @@ void quantize_acts(const float* x, int64_t nt, int64_t k, int16_t* q, float* d, 
             }
             float amax;
             std::memcpy(&amax, &amax_bits, 4);
+            // A block with an inf or NaN: every q is 0 and d is inf or NaN, so the products are NaN
+            // (as the float path would give). A block whose largest value is below 1e-30 (where
+            // 32767 / amax would overflow) is all zeros. No float-to-int conversion sees a value
+            // outside [-32767, 32767].
+            const bool finite = amax_bits < 0x7F800000u && amax >= 1e-30f;
             const float db = amax / 32767.0f;
-            const float id = amax > 0.0f ? 32767.0f / amax : 0.0f;
-            int32_t v[kQBlock];
-            for (int j = 0; j < kQBlock; ++j) {
-                // round to nearest even: |x * id| <= 32767 < 2^22, so adding 1.5 * 2^23 leaves the
-                // rounded integer in the low mantissa bits (no libm call; the loop vectorises)
-                const float r = (xb[j] * id + 12582912.0f) - 12582912.0f;
-                v[j] = static_cast<int32_t>(r);
+            const float id = finite ? 32767.0f / amax : 0.0f;
+            int32_t v[kQBlock] = {};
+            if (finite) {
+                for (int j = 0; j < kQBlock; ++j) {
+                    // round to nearest even: |x * id| <= 32767 < 2^22, so adding 1.5 * 2^23 leaves
+                    // the rounded integer in the low mantissa bits (no libm call; it vectorises)
+                    const float r = (xb[j] * id + 12582912.0f) - 12582912.0f;
+                    v[j] = static_cast<int32_t>(r);
+                }
             }
             int32_t sum0 = 0, sum1 = 0;
             for (int j = 0; j < 16; ++j) sum0 += v[j];

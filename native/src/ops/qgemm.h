@@ -57,7 +57,8 @@ inline size_t qrows_v_count(int64_t n, int64_t k) { return static_cast<size_t>(n
 inline size_t qrows_scale_count(int64_t n, int64_t k) { return static_cast<size_t>(n * 2 * (k / kQBlock)); }
 
 // Per block of 32: amax = max |x|, d = amax / 32767, q = round-to-nearest-even(x * (32767 / amax))
-// (all zero when amax is 0), s_h = d * sum of the half's q. Every ISA uses this one function, so
+// (all zero when amax is below 1e-30 or not finite: a block with an inf or NaN gets d = inf or
+// NaN, so its products are NaN), s_h = d * sum of the half's q. Every ISA uses this one function, so
 // the quantized activations are the same bits everywhere.
 void quantize_acts(const float* x, int64_t nt, int64_t k, int16_t* q, float* d, float* s);
 

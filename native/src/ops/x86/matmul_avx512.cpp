@@ -395,75 +395,6 @@ EDGELLM_AVX512 void gemm(const float* w, int64_t ldw, int64_t nr, const float* x
     }
 }
 
-// ---- fused kernel for a few tokens: weights dequantized in registers, read once ----
-
-constexpr int kFusedMaxTokens = 4;  // 16 accumulators + 8 activations + 2 weights
-
-// MR rows x NT tokens; the same products in the same order as dequant + tile().
-template <class Q, int MR, int NT>
-EDGELLM_AVX512 void fused_tile(const uint8_t* w, size_t rs, const float* x, int64_t ldx, int64_t k, float* y,
-                               int64_t ldy, int nr) {
-    __m512 acc[kMR][NT];
-#pragma GCC unroll 4
-    for (int r = 0; r < kMR; ++r)
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_setzero_ps();
-    for (int64_t u = 0; u < k / 32; ++u) {
-        __m512 xl[NT], xh[NT];
-#pragma GCC unroll 4
-        for (int t = 0; t < NT; ++t) {
-            xl[t] = _mm512_loadu_ps(x + t * ldx + 32 * u);
-            xh[t] = _mm512_loadu_ps(x + t * ldx + 32 * u + 16);
-        }
-#pragma GCC unroll 4
-        for (int r = 0; r < MR; ++r) {
-            __m512 lo, hi;
-            Q::unit(w + r * rs, u, lo, hi);
-#pragma GCC unroll 4
-            for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(lo, xl[t], acc[r][t]);
-#pragma GCC unroll 4
-            for (int t = 0; t < NT; ++t) acc[r][t] = _mm512_fmadd_ps(hi, xh[t], acc[r][t]);
-        }
-    }
-    store_tile<NT>(acc, y, ldy, nr);
-}
-
-template <class Q, int NT>
-EDGELLM_AVX512 void fused_rows(const uint8_t* w, size_t rs, int64_t nr, const float* x, int64_t ldx, int64_t k,
-                               float* y, int64_t ldy) {
-    int64_t r0 = 0;
-    for (; r0 + kMR <= nr; r0 += kMR) fused_tile<Q, kMR, NT>(w + r0 * rs, rs, x, ldx, k, y + r0, ldy, kMR);
-    for (; r0 < nr; ++r0) fused_tile<Q, 1, NT>(w + r0 * rs, rs, x, ldx, k, y + r0, ldy, 1);
-}
-
-template <class Q>
-EDGELLM_AVX512 void fused_q(const uint8_t* w, size_t rs, int64_t nr, const float* x, int64_t ldx, int64_t nt,
-                            int64_t k, float* y, int64_t ldy) {
-    switch (nt) {
-        case 1: fused_rows<Q, 1>(w, rs, nr, x, ldx, k, y, ldy); break;
-        case 2: fused_rows<Q, 2>(w, rs, nr, x, ldx, k, y, ldy); break;
-        case 3: fused_rows<Q, 3>(w, rs, nr, x, ldx, k, y, ldy); break;
-        default: fused_rows<Q, 4>(w, rs, nr, x, ldx, k, y, ldy); break;
-    }
-}
-
-bool fused(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const float* x, int64_t ldx, int64_t nt,
-           int64_t k, float* y, int64_t ldy) {
-    using T = quant::Type;
-    if (nt < 1 || nt > kFusedMaxTokens || k % 32 != 0) return false;
-    switch (type) {
-        case T::Q4_0: fused_q<Q4_0>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q4_1: fused_q<Q4_1>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q5_0: fused_q<Q5_0>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q5_1: fused_q<Q5_1>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q8_0: fused_q<Q8_0>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q4_K: fused_q<Q4_K>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q5_K: fused_q<Q5_K>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        case T::Q6_K: fused_q<Q6_K>(w, rs, nr, x, ldx, nt, k, y, ldy); return true;
-        default: return false;
-    }
-}
-
 // ---- integer path: AVX-512 BW + VNNI, a block per zmm register, a 4 x 3 tile ----
 
 #define EDGELLM_QTARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -473,7 +404,7 @@ constexpr int kQRows = 4, kQTokens = 3, kQFusedTokens = 3;
 #undef EDGELLM_QTARGET
 #undef EDGELLM_QZMM
 
-const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, fused, kFusedMaxTokens, qunpack, qgemm, qfused};
+const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, qunpack, qgemm, qfused};
 
 }  // namespace
 
