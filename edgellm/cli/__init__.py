@@ -15,6 +15,7 @@ _VERBS = {
     "run": ("run", "run", "Generate text for a prompt, streamed as it is produced."),
     "chat": ("chat", "chat", "Chat with a model interactively (or one message per line on stdin)."),
     "perplexity": ("perplexity", "perplexity", "A model's perplexity on a text file."),
+    "rag": ("rag", "rag", "Index your documents, search them, and ask questions answered with citations."),
 }
 
 

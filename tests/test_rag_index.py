@@ -1,0 +1,343 @@
+"""The RAG index on real parts: SQLite (+ FTS5, sqlite-vec), the all-MiniLM-L6-v2 ONNX embedder, real files.
+
+Incremental ingest (re-ingest, change, prune), a SIGKILL mid-ingest, the schema read by the plain `sqlite3`
+shell, hybrid retrieval where either list alone misses, and the errors a user can hit."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import rag as rag_helpers
+from helpers.cache import cache_dir
+
+pytest.importorskip("sqlite_vec")
+pytest.importorskip("fastembed")
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return rag_helpers.embedder()
+
+
+def _index(db: Path, embedder):
+    from edgellm.rag import Index
+
+    return Index(db, embedder)
+
+
+def _chunk_rows(index) -> dict[str, list[tuple]]:
+    """path -> [(seq, text, start, end, heading)] for the whole index."""
+    rows = index.store.conn.execute(
+        "SELECT d.path, c.seq, c.text, c.char_start, c.char_end, c.heading FROM chunks c "
+        "JOIN documents d ON d.id = c.doc_id ORDER BY d.path, c.seq").fetchall()
+    out: dict[str, list[tuple]] = {}
+    for path, *rest in rows:
+        out.setdefault(path, []).append(tuple(rest))
+    return out
+
+
+def _check_consistent(index) -> None:
+    """Every chunk has exactly one vector and the FTS index matches the chunks table."""
+    conn = index.store.conn
+    n_chunks = conn.execute("SELECT count(*) FROM chunks").fetchone()[0]
+    n_vec = conn.execute("SELECT count(*) FROM chunks_vec").fetchone()[0]
+    orphans = conn.execute("SELECT count(*) FROM chunks_vec WHERE chunk_id NOT IN (SELECT id FROM chunks)").fetchone()[0]
+    assert (n_vec, orphans) == (n_chunks, 0)
+    conn.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 1)")
+
+
+# ---- embedder --------------------------------------------------------------------------------------------
+
+def test_default_embedder_matches_transformers(embedder):
+    """Our ONNX export (int8) against the safetensors model run by transformers with sentence-transformers'
+    mean pooling: the same vectors up to quantization error, and the same nearest neighbours."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModel, AutoTokenizer
+
+    from edgellm.rag.embed import default_model_source
+
+    texts = ["How do I find memory leaks in a C program?", "Valgrind's Memcheck reports invalid reads.",
+             "Sourdough bread needs a long rise.", "The cat sat on the warm windowsill all afternoon.",
+             "Cache misses slow down the inner loop."]
+    src = default_model_source()
+    tok = AutoTokenizer.from_pretrained(str(src))
+    model = AutoModel.from_pretrained(str(src)).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    ref = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+
+    fp32 = rag_helpers.embedder("fp32").embed_documents(texts)
+    int8 = embedder.embed_documents(texts)
+    assert fp32.shape == int8.shape == (5, 384)
+    assert np.min(np.sum(fp32 * ref, axis=1)) > 0.9999
+    assert np.min(np.sum(int8 * ref, axis=1)) > 0.97
+    # the similarity structure survives quantization: same nearest neighbour for every text
+    sim_ref, sim_int8 = ref @ ref.T - 2 * np.eye(5), int8 @ int8.T - 2 * np.eye(5)
+    assert list(sim_ref.argmax(1)) == list(sim_int8.argmax(1))
+    q = embedder.embed_query("memory leak detection")
+    assert abs(np.linalg.norm(q) - 1) < 1e-5 and int(np.argmax(int8 @ q)) in (0, 1)
+
+
+# ---- incremental ingest ----------------------------------------------------------------------------------
+
+def test_reingest_adds_nothing_and_a_change_replaces_only_its_chunks(tmp_path, embedder):
+    files = rag_helpers.write_corpus(tmp_path / "docs", 6)
+    db = tmp_path / "index.db"
+    with _index(db, embedder) as index:
+        first = index.add([tmp_path / "docs"], progress=False)
+        assert len(first.added) == 6 and not first.failed and first.chunks > 6
+        before = _chunk_rows(index)
+        ids_before = dict(index.store.conn.execute("SELECT id, text FROM chunks").fetchall())
+
+        again = index.add([tmp_path / "docs"], progress=False)
+        assert (again.added, again.updated, again.chunks) == ([], [], 0)
+        assert len(again.skipped) == 6
+        assert _chunk_rows(index) == before
+
+        changed = files[2]
+        changed.write_text(changed.read_text() + "\n## A new part\n\nCompletely new words: zeppelin harbour.\n")
+        third = index.add([tmp_path / "docs"], progress=False)
+        assert third.updated == [str(changed)] and third.added == [] and len(third.skipped) == 5
+        after = _chunk_rows(index)
+        for path in before:
+            if path != str(changed):
+                assert after[path] == before[path]
+        assert any("zeppelin" in row[1] for row in after[str(changed)])
+        # chunks of untouched files keep their ids (they were not rewritten)
+        ids_after = dict(index.store.conn.execute("SELECT id, text FROM chunks").fetchall())
+        untouched = {i: t for i, t in ids_before.items()
+                     if i in ids_after and not any(t == row[1] for row in before[str(changed)])}
+        assert untouched and all(ids_after[i] == t for i, t in untouched.items())
+        _check_consistent(index)
+        hit = index.search("zeppelin harbour", 1, mode="keyword")
+        assert hit and hit[0].path == str(changed)
+
+
+def test_prune_removes_deleted_files_only_when_asked(tmp_path, embedder):
+    files = rag_helpers.write_corpus(tmp_path / "docs", 4)
+    outside = rag_helpers.write_corpus(tmp_path / "other", 1)
+    with _index(tmp_path / "index.db", embedder) as index:
+        index.add([tmp_path / "docs", tmp_path / "other"], progress=False)
+        files[1].unlink()
+        outside[0].unlink()
+        kept = index.add([tmp_path / "docs"], progress=False)
+        assert kept.removed == [] and len(index.documents()) == 5
+        pruned = index.add([tmp_path / "docs"], prune=True, progress=False)
+        assert pruned.removed == [str(files[1])]
+        paths = [d.path for d in index.documents()]
+        assert str(files[1]) not in paths and str(outside[0]) in paths  # outside the pruned root: kept
+        _check_consistent(index)
+
+
+_INGEST_SCRIPT = """
+import sys
+from pathlib import Path
+from edgellm.rag import Index
+from edgellm.rag.embed import default_embedder
+with Index(Path(sys.argv[1]), default_embedder(cache=Path(sys.argv[3]))) as index:
+    index.add([Path(sys.argv[2])], progress=False)
+"""
+
+
+def test_sigkill_mid_ingest_then_resume(tmp_path, embedder):
+    """Kill the ingest process while it writes; the next run completes the index, and every file is
+    present exactly once with exactly the chunks a clean run gives it."""
+    from edgellm.rag import sqlite
+
+    docs = tmp_path / "docs"
+    rag_helpers.write_corpus(docs, 150, paragraphs=4)
+    db = tmp_path / "killed.db"
+    script = tmp_path / "ingest.py"
+    script.write_text(_INGEST_SCRIPT)
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, str(script), str(db), str(docs), str(cache_dir())], env=env)
+    n_docs = 0
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    conn = sqlite.connect(db, busy_timeout_s=0.05)
+                    n_docs = conn.execute("SELECT count(*) FROM documents").fetchone()[0]
+                    conn.close()
+                except Exception:  # noqa: BLE001 (schema not there yet, or a writer holds the lock)
+                    n_docs = 0
+            if n_docs > 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.01)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the ingest finished before it could be killed"
+    assert 0 < n_docs < 150
+
+    with _index(db, embedder) as index:
+        partial = len(index.documents())
+        assert 0 < partial < 150
+        resumed = index.add([docs], progress=False)
+        assert len(resumed.skipped) == partial and len(resumed.added) == 150 - partial
+        _check_consistent(index)
+        killed_rows = _chunk_rows(index)
+    with _index(tmp_path / "clean.db", embedder) as clean:
+        clean.add([docs], progress=False)
+        clean_rows = _chunk_rows(clean)
+    assert len(killed_rows) == 150
+    assert killed_rows == clean_rows
+
+
+# ---- the file is plain SQLite ----------------------------------------------------------------------------
+
+def test_index_opens_with_the_sqlite3_shell(tmp_path, embedder):
+    shell = shutil.which("sqlite3")
+    if shell is None:
+        if os.environ.get("CI"):
+            pytest.fail("the sqlite3 shell is missing on CI (.ci/run installs it)")
+        pytest.skip("no sqlite3 shell here (apt-get install sqlite3)")
+    rag_helpers.write_corpus(tmp_path / "docs", 3)
+    db = tmp_path / "index.db"
+    with _index(db, embedder) as index:
+        index.add([tmp_path / "docs"], progress=False)
+        n_chunks = index.stats()["chunks"]
+    schema = subprocess.run([shell, str(db), ".schema"], capture_output=True, text=True, check=True).stdout
+    for table in ("documents", "chunks", "chunks_fts", "chunks_vec", "meta"):
+        assert f"CREATE TABLE {table}" in schema or f"CREATE VIRTUAL TABLE {table}" in schema
+    sql = ("SELECT (SELECT count(*) FROM documents) AS docs, (SELECT count(*) FROM chunks) AS chunks, "
+           "(SELECT value FROM meta WHERE key = 'embedder_dim') AS dim, "
+           "(SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH 'tomatoes') AS hits")
+    out = subprocess.run([shell, "-json", str(db), sql], capture_output=True, text=True, check=True).stdout
+    row = json.loads(out)[0]
+    assert row["docs"] == 3 and row["chunks"] == n_chunks and row["dim"] == "384" and row["hits"] > 0
+
+
+# ---- retrieval -------------------------------------------------------------------------------------------
+
+def test_hybrid_finds_what_keyword_search_misses(tmp_path, embedder):
+    """Keyword search ranks a catalogue that repeats the part number first; vector search ranks the note
+    with the fix first but a paraphrase close behind; fusion puts the chunk both lists rank high first."""
+    rag_helpers.hybrid_fixture(tmp_path / "docs")
+    with _index(tmp_path / "index.db", embedder) as index:
+        index.add([tmp_path / "docs"], progress=False)
+        top = {mode: index.search(rag_helpers.HYBRID_QUERY, 3, mode=mode) for mode in ("vector", "keyword", "hybrid")}
+    names = {mode: [Path(r.path).name for r in results] for mode, results in top.items()}
+    assert names["keyword"][0] == "keyword.md" and "semantic.md" not in names["keyword"], names
+    assert names["vector"][:2] == ["target.md", "semantic.md"], names
+    assert names["hybrid"][0] == "target.md", names
+    best = top["hybrid"][0]
+    assert "reset button" in best.text and best.heading == ("Field notes, spring",)
+    assert best.text == (tmp_path / "docs" / "target.md").read_text()[best.start:best.end]
+
+
+def test_search_path_filter_and_modes(tmp_path, embedder):
+    rag_helpers.write_corpus(tmp_path / "a", 5)
+    rag_helpers.write_corpus(tmp_path / "b", 5)
+    with _index(tmp_path / "index.db", embedder) as index:
+        index.add([tmp_path / "a", tmp_path / "b"], progress=False)
+        for mode in ("vector", "keyword", "hybrid"):
+            everywhere = index.search("watering tomatoes in the sun", 4, mode=mode)
+            assert len(everywhere) == 4 and "garden" in Path(everywhere[0].path).name
+            only_b = index.search("watering tomatoes in the sun", 4, mode=mode, path=str(tmp_path / "b"))
+            assert only_b and all(r.path.startswith(str(tmp_path / "b") + os.sep) for r in only_b)
+            globbed = index.search("bicycle chain oil", 3, mode=mode, path=str(tmp_path / "*" / "bikes-*.md"))
+            assert globbed and all(Path(r.path).name.startswith("bikes-") for r in globbed)
+        # the memory-resident vector copy (big indexes) gives sqlite-vec's answers, and follows writes
+        from edgellm.rag.search import Searcher
+
+        warm = Searcher(index.store, embedder, warm_min_vectors=1)
+        for query, path in [("watering tomatoes in the sun", None), ("saturn rings telescope", str(tmp_path / "a"))]:
+            cold_hits = index._searcher.vector_ids(query, 7, path)
+            warm_hits = warm.vector_ids(query, 7, path)
+            # folders a and b hold the same notes: equal scores come in pairs, in either order
+            assert np.allclose([s for _, s in warm_hits], [s for _, s in cold_hits], atol=1e-5)
+            exact = dict(index._searcher.vector_ids(query, 40, path))
+            assert all(abs(exact[c] - s) < 1e-5 for c, s in warm_hits)
+        assert warm._matrix is not None
+        new = rag_helpers.write_corpus(tmp_path / "c", 1)[0]
+        new.write_text("# Kites\n\nA diamond kite flies best in a steady breeze over an open field.\n")
+        index.add([new], progress=False)
+        assert Path(warm.search("flying a kite in the wind", k=1, mode="vector")[0].path) == new
+        with pytest.raises(ValueError, match="mode"):
+            index.search("x", mode="fuzzy")
+        assert index.search("   ") == []
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+
+def test_bad_files_are_listed_not_fatal(tmp_path, embedder):
+    docs = tmp_path / "docs"
+    rag_helpers.write_corpus(docs, 2)
+    (docs / "blob.txt").write_bytes(b"\x00\x01\x02 binary" * 100)
+    (docs / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (docs / "empty.md").write_text("")
+    explicit = tmp_path / "picture.png"
+    explicit.write_bytes(b"\x89PNG\r\n")
+    with _index(tmp_path / "index.db", embedder) as index:
+        summary = index.add([docs, explicit, tmp_path / "missing"], progress=False)
+    failed = dict(summary.failed)
+    assert set(failed) == {str(docs / "blob.txt"), str(docs / "latin1.txt"), str(explicit),
+                           str(tmp_path / "missing")}
+    assert "binary" in failed[str(docs / "blob.txt")]
+    assert "UTF-8" in failed[str(docs / "latin1.txt")]
+    assert "unsupported" in failed[str(explicit)] and "no such" in failed[str(tmp_path / "missing")]
+    assert len(summary.added) == 3  # two notes and the empty file (0 chunks: it is known, not failed)
+
+
+def test_index_refuses_another_embedder(tmp_path, embedder):
+    from edgellm.rag import EmbedderMismatchError, Index, OnnxEmbedder
+
+    db = tmp_path / "index.db"
+    with _index(db, embedder) as index:
+        index.add([rag_helpers.write_corpus(tmp_path / "docs", 1)[0]], progress=False)
+    other = OnnxEmbedder(rag_helpers.embedder_folder(), model_id="someone-else/model", dim=384)
+    with pytest.raises(EmbedderMismatchError, match=r"index\.db.*all-MiniLM-L6-v2.*someone-else/model"):
+        Index(db, other)
+    wrong_dim = OnnxEmbedder(rag_helpers.embedder_folder(), model_id=embedder.model_id, dim=768)
+    with pytest.raises(EmbedderMismatchError, match="dimension 384"):
+        Index(db, wrong_dim)
+
+
+def test_corrupt_foreign_and_locked_databases(tmp_path, embedder):
+    from edgellm.rag import IndexLockedError, RagError, sqlite
+    from edgellm.rag.store import Store
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(os.urandom(8192))
+    with pytest.raises(RagError, match=r"garbage\.db: not a usable edgellm index"):
+        _index(garbage, embedder)
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite.connect(foreign)
+    conn.execute("CREATE TABLE people (name TEXT)")
+    conn.close()
+    with pytest.raises(RagError, match=r"foreign\.db: an SQLite database, but not an edgellm index"):
+        _index(foreign, embedder)
+    with pytest.raises(RagError, match="no such index"):
+        Store(tmp_path / "absent.db", create=False)
+
+    db = tmp_path / "locked.db"
+    rag_helpers.write_corpus(tmp_path / "docs", 1)
+    _index(db, embedder).close()
+    holder = sqlite.connect(db)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        from edgellm.rag import Index
+
+        with Index(db, embedder, busy_timeout_s=0.2) as index, pytest.raises(IndexLockedError, match="locked"):
+            index.add([tmp_path / "docs"], progress=False)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with _index(db, embedder) as index:  # nothing half-written: the next run indexes normally
+        assert len(index.add([tmp_path / "docs"], progress=False).added) == 1
+        _check_consistent(index)
