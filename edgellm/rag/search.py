@@ -161,9 +161,14 @@ class Searcher:
         match = keyword_query(query)
         if match is None:
             return []
+        bm25 = f"bm25(chunks_fts, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]})"
+        if not path:  # the FTS table alone: joining every match to its document costs more than ranking it
+            rows = self.store._query(f"SELECT rowid, {bm25} AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
+                                     "ORDER BY score LIMIT ?", [match, k])
+            return [(cid, -score) for cid, score in rows]
         where, args = _path_filter(path)
         rows = self.store._query(
-            f"SELECT f.rowid, bm25(chunks_fts, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]}) AS score "
+            f"SELECT f.rowid, {bm25} AS score "
             "FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.doc_id "
             f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?", [match, *args, k])
         return [(cid, -score) for cid, score in rows]

@@ -1,0 +1,222 @@
+"""RAG bench: retrieval quality on a real manual, ingest speed, and search latency on a 100k-chunk index.
+
+    python bench/rag.py                 # the Valgrind HTML manual (Debian package `valgrind`)
+    python bench/rag.py --quick         # skip the 100k-chunk latency index
+
+Quality: bench/data/rag_eval_valgrind.jsonl holds 193 questions phrased as users ask them, each with the
+one manual page that answers it and a verbatim evidence snippet. For each configuration we report
+recall@5 (a top-5 chunk comes from the answering page), MRR@5 (1 / rank of the first such chunk) and
+evidence@5 (a top-5 chunk contains the evidence snippet). Configurations: ours (structure-first chunks
+with heading paths, int8 embedder) in vector, keyword and hybrid mode; ours with the fp32 embedder; and
+the naive baseline: fixed 150-word chunks of the page text, fp32 embedder, vector only (and naive hybrid).
+
+Speed: the whole ingest (extract, chunk, embed, write) in chunks/s; the embedder alone on 150-word
+chunks, fp32 and int8; search p50/p95 over the evaluation questions on a synthetic 100k-chunk index
+(real chunk texts recombined, real vectors perturbed), query embedding included.
+Results: a markdown table on stdout and JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CORPUS = Path("/usr/share/doc/valgrind/html")
+DEFAULT_EVAL = HERE / "data" / "rag_eval_valgrind.jsonl"
+CACHE = Path(os.environ.get("EDGELLM_BENCH_CACHE", Path.home() / ".cache" / "edgellm-bench"))
+K = 5
+
+
+def norm(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def load_eval(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def score(index, questions: list[dict], mode: str) -> dict[str, float]:
+    """recall@5, MRR@5 and evidence@5 of `index` in `mode` over the questions."""
+    hits = rr = evidence = 0.0
+    for q in questions:
+        results = index.search(q["question"], K, mode=mode)
+        names = [Path(r.path).name for r in results]
+        if q["file"] in names:
+            hits += 1
+            rr += 1.0 / (names.index(q["file"]) + 1)
+        ev = norm(q["evidence"])
+        if any(ev in norm(r.text) for r in results):
+            evidence += 1
+    n = len(questions)
+    return {"recall@5": hits / n, "mrr@5": rr / n, "evidence@5": evidence / n}
+
+
+def naive_index(db: Path, corpus: Path, embedder):
+    """Fixed 150-word chunks of each page's text (BeautifulSoup get_text), no headings, no structure."""
+    from bs4 import BeautifulSoup
+
+    from edgellm.rag import Index
+    from edgellm.rag.store import NewChunk
+
+    index = Index(db, embedder)
+    for path in sorted(corpus.glob("*.html")):
+        text = BeautifulSoup(path.read_bytes(), "lxml").get_text(" ")
+        words = text.split()
+        pieces = [" ".join(words[i:i + 150]) for i in range(0, len(words), 150)]
+        chunks = [NewChunk(p, 0, 0, (), len(p.split())) for p in pieces]
+        vectors = embedder.embed_documents(pieces)
+        index.store.replace_document(str(path), sha256="-", size=0, mtime=0.0, kind="html", title=None,
+                                     metadata={}, chunks=chunks, vectors=vectors)
+    return index
+
+
+def embed_speed(embedder, texts: list[str]) -> float:
+    embedder.embed_documents(texts[:16])  # warm-up
+    t = time.perf_counter()
+    embedder.embed_documents(texts)
+    return len(texts) / (time.perf_counter() - t)
+
+
+def words150(corpus: Path, n: int) -> list[str]:
+    from bs4 import BeautifulSoup
+
+    words: list[str] = []
+    for path in sorted(corpus.glob("*.html")):
+        words += BeautifulSoup(path.read_bytes(), "lxml").get_text(" ").split()
+        if len(words) > 150 * n:
+            break
+    return [" ".join(words[i:i + 150]) for i in range(0, 150 * n, 150)]
+
+
+def synthetic_index(db: Path, source, embedder, n_chunks: int, seed: int = 0):
+    """An index of n_chunks: texts recombined from the source index's chunk sentences, vectors the source
+    vectors plus noise (renormalised), 100 chunks per document. Built once and cached."""
+    from edgellm.rag import Index
+    from edgellm.rag.store import NewChunk
+
+    if db.exists():
+        index = Index(db, embedder)
+        if index.stats()["chunks"] == n_chunks:
+            return index
+        index.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+    rows = source.store.conn.execute("SELECT c.text, v.embedding FROM chunks c JOIN chunks_vec v "
+                                     "ON v.chunk_id = c.id").fetchall()
+    sentences = [s for text, _ in rows for s in re.split(r"(?<=[.!?])\s+", text) if len(s) > 20]
+    base = np.stack([np.frombuffer(v, np.float32) for _, v in rows])
+    rng = np.random.default_rng(seed)
+    index = Index(db, embedder)
+    per_doc = 100
+    for d in range(n_chunks // per_doc):
+        picks = rng.integers(0, len(base), per_doc)
+        vectors = base[picks] + 0.05 * rng.standard_normal((per_doc, base.shape[1])).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        chunks = []
+        for _ in range(per_doc):
+            text = " ".join(sentences[i] for i in rng.integers(0, len(sentences), 5))
+            chunks.append(NewChunk(text, 0, len(text), ("synthetic", f"doc {d}"), len(text.split())))
+        index.store.replace_document(f"/synthetic/doc-{d:05d}.txt", sha256=str(d), size=0, mtime=0.0,
+                                     kind="text", title=None, metadata={}, chunks=chunks, vectors=vectors)
+    return index
+
+
+def latency(index, questions: list[dict], mode: str) -> dict[str, float]:
+    times = []
+    for q in questions:
+        t = time.perf_counter()
+        index.search(q["question"], K, mode=mode)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return {"p50_ms": 1000 * statistics.median(times), "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--eval", type=Path, default=DEFAULT_EVAL)
+    ap.add_argument("--quick", action="store_true", help="skip the 100k-chunk latency index")
+    ap.add_argument("--synthetic", type=int, default=100_000, help="chunks in the latency index")
+    args = ap.parse_args(argv)
+    if not args.corpus.is_dir():
+        print(f"{args.corpus}: missing; on Debian/Ubuntu: apt-get install valgrind", file=sys.stderr)
+        return 2
+
+    from edgellm.rag import Index
+    from edgellm.rag.embed import default_embedder
+
+    questions = load_eval(args.eval)
+    int8, fp32 = default_embedder("int8"), default_embedder("fp32")
+    out: dict = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                 "corpus": str(args.corpus), "questions": len(questions), "quality": {}, "speed": {}}
+    rows: list[tuple[str, str, dict]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ours = Index(tmp / "ours.db", int8)
+        summary = ours.add([args.corpus], progress=False)
+        stats = ours.stats()
+        out["speed"]["ingest"] = {"chunks": summary.chunks, "seconds": summary.seconds,
+                                  "chunks_per_s": summary.chunks_per_second,
+                                  "tokens_per_chunk": stats["tokens"] / max(1, stats["chunks"])}
+        for mode in ("vector", "keyword", "hybrid"):
+            rows.append(("ours (int8)", mode, score(ours, questions, mode)))
+        with Index(tmp / "ours32.db", fp32) as ours32:
+            ours32.add([args.corpus], progress=False)
+            for mode in ("vector", "hybrid"):
+                rows.append(("ours (fp32)", mode, score(ours32, questions, mode)))
+        with naive_index(tmp / "naive.db", args.corpus, fp32) as naive:
+            for mode in ("vector", "hybrid"):
+                rows.append(("naive 150 words (fp32)", mode, score(naive, questions, mode)))
+
+        texts = words150(args.corpus, 400)
+        out["speed"]["embed_150_words"] = {"fp32_chunks_per_s": embed_speed(fp32, texts),
+                                           "int8_chunks_per_s": embed_speed(int8, texts)}
+        if not args.quick:
+            CACHE.mkdir(parents=True, exist_ok=True)
+            t = time.perf_counter()
+            big = synthetic_index(CACHE / f"rag-synthetic-{args.synthetic}.db", ours, int8, args.synthetic)
+            build_s = time.perf_counter() - t
+            first = time.perf_counter()
+            big.search(questions[0]["question"], K, mode="hybrid")  # cold: sqlite-vec KNN + loading the copy
+            cold_ms = 1000 * (time.perf_counter() - first)
+            out["speed"]["search"] = {"chunks": big.stats()["chunks"], "build_s": build_s, "first_query_ms": cold_ms,
+                                      **{mode: latency(big, questions, mode) for mode in ("hybrid", "vector", "keyword")}}
+            big.close()
+        ours.close()
+
+    out["quality"] = [{"config": c, "mode": m, **r} for c, m, r in rows]
+    print(f"\n{len(questions)} questions over {args.corpus}\n")
+    print("| configuration | mode | recall@5 | MRR@5 | evidence@5 |\n|---|---|---|---|---|")
+    for c, m, r in rows:
+        print(f"| {c} | {m} | {r['recall@5']:.3f} | {r['mrr@5']:.3f} | {r['evidence@5']:.3f} |")
+    ing, emb = out["speed"]["ingest"], out["speed"]["embed_150_words"]
+    print(f"\ningest: {ing['chunks']} chunks ({ing['tokens_per_chunk']:.0f} tokens each) in {ing['seconds']:.1f} s = "
+          f"{ing['chunks_per_s']:.0f} chunks/s")
+    print(f"embedder on 150-word chunks: fp32 {emb['fp32_chunks_per_s']:.0f} chunks/s, "
+          f"int8 {emb['int8_chunks_per_s']:.0f} chunks/s")
+    if "search" in out["speed"]:
+        s = out["speed"]["search"]
+        print(f"search on {s['chunks']} chunks: " + ", ".join(
+            f"{mode} p50 {s[mode]['p50_ms']:.1f} ms (p95 {s[mode]['p95_ms']:.1f})" for mode in ("hybrid", "vector", "keyword"))
+            + f"; first query {s['first_query_ms']:.0f} ms")
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    path = results / time.strftime("rag-%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(out, indent=1))
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
