@@ -102,14 +102,17 @@ def words150(corpus: Path, n: int) -> list[str]:
 def synthetic_index(db: Path, source, embedder, n_chunks: int, seed: int = 0):
     """An index of n_chunks: texts recombined from the source index's chunk sentences, vectors the source
     vectors plus noise (renormalised), 100 chunks per document. Built once and cached."""
-    from edgellm.rag import Index
+    from edgellm.rag import EmbedderMismatchError, Index
     from edgellm.rag.store import NewChunk
 
     if db.exists():
-        index = Index(db, embedder)
-        if index.stats()["chunks"] == n_chunks:
-            return index
-        index.close()
+        try:
+            index = Index(db, embedder)
+            if index.stats()["chunks"] == n_chunks:
+                return index
+            index.close()
+        except EmbedderMismatchError:  # made with an earlier embedder: make it again
+            pass
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
     rows = source.store.conn.execute("SELECT c.text, v.embedding FROM chunks c JOIN chunks_vec v "
