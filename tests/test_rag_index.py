@@ -97,7 +97,7 @@ def test_reingest_adds_nothing_and_a_change_replaces_only_its_chunks(tmp_path, e
     files = rag_helpers.write_corpus(tmp_path / "docs", 6)
     db = tmp_path / "index.db"
     with _index(db, embedder) as index:
-        first = index.add([tmp_path / "docs"], progress=False)
+        first = index.add([tmp_path / "docs", files[0]], progress=False)  # named twice, indexed once
         assert len(first.added) == 6 and not first.failed and first.chunks > 6
         before = _chunk_rows(index)
         ids_before = dict(index.store.conn.execute("SELECT id, text FROM chunks").fetchall())
@@ -271,6 +271,28 @@ def test_search_path_filter_and_modes(tmp_path, embedder):
         with pytest.raises(ValueError, match="mode"):
             index.search("x", mode="fuzzy")
         assert index.search("   ") == []
+
+
+def test_narrow_path_filter_on_an_index_larger_than_a_knn_query(tmp_path, embedder):
+    """sqlite-vec returns at most 4096 neighbours per query: a filter that keeps only a few chunks of a
+    bigger index must still find them."""
+    from edgellm.rag.store import NewChunk
+
+    rng = np.random.default_rng(0)
+    with _index(tmp_path / "index.db", embedder) as index:
+        n = 4200
+        vectors = rng.standard_normal((n, 384)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        chunks = [NewChunk(f"filler {i}", 0, 8, (), 3) for i in range(n)]
+        index.store.replace_document("/elsewhere/filler.txt", sha256="-", size=0, mtime=0.0, kind="text",
+                                     title=None, metadata={}, chunks=chunks, vectors=vectors)
+        target = rag_helpers.write_corpus(tmp_path / "docs", 1)[0]
+        index.add([target], progress=False)
+        hits = index.search("watering tomatoes", 3, mode="vector", path=str(tmp_path / "docs"))
+        assert hits and all(h.path == str(target) for h in hits)
+        assert len(index.search("watering tomatoes", 5000, mode="vector")) == index.stats()["chunks"]
+        index.store.remove_document("/elsewhere/filler.txt")  # small again: vec0's KNN with k capped
+        assert len(index.search("watering tomatoes", 5000, mode="vector")) == index.stats()["chunks"]
 
 
 # ---- bad input -------------------------------------------------------------------------------------------

@@ -46,8 +46,8 @@ def rag() -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_DB
 @click.option("--prune", is_flag=True, help="Remove indexed files under PATHS that no longer exist.")
-@click.option("--chunk-tokens", type=click.IntRange(32, 480), default=200, show_default=True,
-              help="Most embedding-model tokens per chunk.")
+@click.option("--chunk-tokens", type=click.IntRange(32, 224), default=200, show_default=True,
+              help="Most embedding-model tokens per chunk (the embedder reads 256, headings included).")
 @click.option("--progress/--no-progress", default=None, help="A progress bar (default: on a terminal).")
 def index_cmd(paths: tuple[Path, ...], db: Path, prune: bool, chunk_tokens: int, progress: bool | None) -> None:
     """Add or update files and folders (.txt .md .html .pdf and source code) in the index.

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgellm.rag.chunking import chunk_document
 from edgellm.rag.embed import Embedder
@@ -71,19 +72,22 @@ def embedding_text(heading: Sequence[str], title: str | None, text: str) -> str:
 def iter_files(paths: Iterable[Path], exclude: set[Path]) -> Iterator[tuple[Path, str | None]]:
     """(file, None) for every file to index under `paths`; (file, reason) for a named file we cannot index.
     Folders are walked recursively in sorted order, skipping hidden and tool folders and unsupported files."""
+    seen: set[Path] = set()  # a file named twice (itself and inside a named folder) is indexed once
     for root in paths:
         root = Path(os.path.abspath(root))
         if root.is_file():
-            if root in exclude:
+            if root in exclude or root in seen:
                 continue
+            seen.add(root)
             yield root, (None if is_supported(root) else f"unsupported file type {root.suffix or '(none)'}")
         elif root.is_dir():
             for dirpath, dirnames, filenames in os.walk(root):
                 dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
                 for name in sorted(filenames):
                     p = Path(dirpath) / name
-                    if name.startswith(".") or p in exclude or not is_supported(p) or not p.is_file():
+                    if name.startswith(".") or p in exclude or p in seen or not is_supported(p) or not p.is_file():
                         continue
+                    seen.add(p)
                     yield p, None
         else:
             yield root, "no such file or folder"
@@ -102,6 +106,18 @@ def ingest(store: Store, embedder: Embedder, paths: Sequence[Path], *, prune: bo
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), unit="file", disable=not progress, dynamic_ncols=True, leave=False)
+    try:
+        _ingest_files(files, store, embedder, summary, bar, max_tokens, overlap_tokens)
+        if prune:
+            _prune(store, paths, summary)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _ingest_files(files: list[tuple[Path, str | None]], store: Store, embedder: Embedder, summary: IngestSummary,
+                  bar: Any, max_tokens: int, overlap_tokens: int) -> None:
     pending: list[_Pending] = []
     n_pending = 0
 
@@ -144,13 +160,17 @@ def ingest(store: Store, embedder: Embedder, paths: Sequence[Path], *, prune: bo
             continue
         try:
             doc = extract(path, data)
+            chunks = [NewChunk(c.text, c.start, c.end, tuple(c.heading), c.n_tokens)
+                      for c in chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens,
+                                              overlap_tokens=overlap_tokens)]
         except ExtractError as e:
             summary.failed.append((key, str(e)))
             bar.update(1)
             continue
-        chunks = [NewChunk(c.text, c.start, c.end, tuple(c.heading), c.n_tokens)
-                  for c in chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens,
-                                          overlap_tokens=overlap_tokens)]
+        except (RecursionError, ValueError, MemoryError) as e:  # a parser's limit on a pathological file
+            summary.failed.append((key, f"could not extract its text ({type(e).__name__}: {e})"))
+            bar.update(1)
+            continue
         pending.append(_Pending(key, sha, len(data), stat.st_mtime, doc, chunks, known is not None))
         n_pending += len(chunks)
         bar.set_postfix_str(path.name[-30:], refresh=False)
@@ -158,15 +178,12 @@ def ingest(store: Store, embedder: Embedder, paths: Sequence[Path], *, prune: bo
             flush()
     flush()
 
-    if prune:
-        roots = [Path(os.path.abspath(p)) for p in paths]
-        for row in store.documents():
-            p = Path(row.path)
-            if not any(p == r or r in p.parents for r in roots):
-                continue
-            if not p.is_file():
-                store.remove_document(row.path)
-                summary.removed.append(row.path)
-    bar.close()
-    summary.seconds = time.perf_counter() - start
-    return summary
+
+def _prune(store: Store, paths: Sequence[Path], summary: IngestSummary) -> None:
+    """Removes indexed files under `paths` that no longer exist."""
+    roots = [Path(os.path.abspath(p)) for p in paths]
+    for row in store.documents():
+        p = Path(row.path)
+        if any(p == r or r in p.parents for r in roots) and not p.is_file():
+            store.remove_document(row.path)
+            summary.removed.append(row.path)

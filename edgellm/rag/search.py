@@ -77,6 +77,7 @@ def _path_filter(path: str | None) -> tuple[str, list[Any]]:
 # matrix-vector product over 100k x 384 float32 takes a few ms, sqlite-vec's scan of its table several times
 # that. Below it, sqlite-vec's KNN is as fast and costs no memory.
 WARM_MIN_VECTORS = 20_000
+_VEC0_MAX_K = 4096  # sqlite-vec refuses a KNN query for more neighbours
 
 
 class Searcher:
@@ -114,6 +115,12 @@ class Searcher:
         q = np.ascontiguousarray(self.embedder.embed_query(query), dtype=np.float32)
         where, args = _path_filter(path)
         matrix = self._warm_matrix()
+        total = 0
+        if matrix is None and (path or k > _VEC0_MAX_K):
+            total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
+            if total > _VEC0_MAX_K:
+                # more neighbours than vec0's KNN returns at once may be needed (a narrow filter, a huge k)
+                matrix = self._load_matrix()
         if matrix is not None:
             ids, vectors = matrix
             scores = vectors @ q
@@ -126,8 +133,7 @@ class Searcher:
             top = np.argpartition(-scores, n - 1)[:n]
             top = top[np.lexsort((ids[top], -scores[top]))]
             return [(int(ids[i]), float(scores[i])) for i in top]
-        total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
-        want = k if not path else min(total, k * 8)
+        want = min(k, _VEC0_MAX_K) if not path else min(total, k * 8)  # total <= _VEC0_MAX_K here
         while True:
             rows = self.store._query(
                 "SELECT chunk_id, distance FROM chunks_vec WHERE embedding MATCH ? AND k = ?",
@@ -150,11 +156,14 @@ class Searcher:
         total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
         if total < self.warm_min_vectors:
             return None
+        self._matrix, self._matrix_version = self._load_matrix(), version
+        return self._matrix
+
+    def _load_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         rows = self.store._query("SELECT chunk_id, embedding FROM chunks_vec")
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
-        self._matrix, self._matrix_version = (ids, vectors), version
-        return self._matrix
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.embedder.dim)
+        return ids, vectors
 
     def keyword_ids(self, query: str, k: int, path: str | None = None) -> list[tuple[int, float]]:
         """(chunk id, -bm25), best first."""
