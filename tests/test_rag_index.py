@@ -250,6 +250,7 @@ def test_search_path_filter_and_modes(tmp_path, embedder):
             assert len(everywhere) == 4 and "garden" in Path(everywhere[0].path).name
             only_b = index.search("watering tomatoes in the sun", 4, mode=mode, path=str(tmp_path / "b"))
             assert only_b and all(r.path.startswith(str(tmp_path / "b") + os.sep) for r in only_b)
+            assert len(index.search("watering tomatoes in the sun", 4, mode=mode, path=os.sep)) == 4
             globbed = index.search("bicycle chain oil", 3, mode=mode, path=str(tmp_path / "*" / "bikes-*.md"))
             assert globbed and all(Path(r.path).name.startswith("bikes-") for r in globbed)
         # the memory-resident vector copy (big indexes) gives sqlite-vec's answers, and follows writes

@@ -70,7 +70,8 @@ def _path_filter(path: str | None) -> tuple[str, list[Any]]:
         pattern = path if os.path.isabs(path) or path.startswith("*") else os.path.join(os.getcwd(), path)
         return "d.path GLOB ?", [pattern]
     full = os.path.abspath(path)
-    return "(d.path = ? OR substr(d.path, 1, ?) = ?)", [full, len(full) + 1, full.rstrip(os.sep) + os.sep]
+    prefix = full.rstrip(os.sep) + os.sep  # "/" stays "/"
+    return "(d.path = ? OR substr(d.path, 1, ?) = ?)", [full, len(prefix), prefix]
 
 
 # From this many vectors on, the searcher keeps a copy of them in memory after the first query: a
