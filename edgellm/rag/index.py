@@ -52,7 +52,8 @@ class Index:
                on_text: Callable[[str], None] | None = None, **generate: Any) -> Answer:
         """Answers from the k best sources with the model `llm` (an edgellm.LLM), citing them as [n].
         The answer streams through `on_text(piece)` as it is generated; generate options (max_tokens,
-        temperature, ...) pass through. An index with nothing relevant answers NO_SOURCES."""
+        temperature, ...) pass through. With no sources (an empty index, or a path filter that leaves
+        nothing) the answer is NO_SOURCES and the model is not asked."""
         answer, pieces = self.answer_stream(question, llm, k, mode=mode, path=path, **generate)
         for piece in pieces:
             if on_text is not None:
