@@ -34,7 +34,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 DEFAULT_CORPUS = Path("/usr/share/doc/valgrind/html")
 DEFAULT_EVAL = HERE / "data" / "rag_eval_valgrind.jsonl"
-CACHE = Path(os.environ.get("EDGELLM_BENCH_CACHE", Path.home() / ".cache" / "edgellm-bench"))
 K = 5
 
 
@@ -186,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         out["speed"]["embed_150_words"] = {"fp32_chunks_per_s": embed_speed(fp32, texts),
                                            "int8_chunks_per_s": embed_speed(int8, texts)}
         if not args.quick:
-            CACHE.mkdir(parents=True, exist_ok=True)
+            from run import cache_dir  # bench/run.py: the bench file cache ($EDGELLM_BENCH_CACHE)
+
             t = time.perf_counter()
-            big = synthetic_index(CACHE / f"rag-synthetic-{args.synthetic}.db", ours, int8, args.synthetic)
+            big = synthetic_index(cache_dir() / f"rag-synthetic-{args.synthetic}.db", ours, int8, args.synthetic)
             build_s = time.perf_counter() - t
             first = time.perf_counter()
             big.search(questions[0]["question"], K, mode="hybrid")  # cold: sqlite-vec KNN + loading the copy

@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from edgellm.rag.extract import Document
+from edgellm.rag.extract import Document, trim_span
 
 CountTokens = Callable[[list[str]], list[int]]  # texts -> token counts (no special tokens)
 
@@ -114,14 +114,6 @@ class _Draft:
         self.ov_tokens: int | None = None
 
 
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
 def _split(text: str, start: int, end: int, gap: re.Pattern[str]) -> list[tuple[int, int]]:
     """Non-blank, trimmed spans of text[start:end] between the matches of `gap`."""
     out = []
@@ -129,12 +121,12 @@ def _split(text: str, start: int, end: int, gap: re.Pattern[str]) -> list[tuple[
     for m in gap.finditer(text, start, end):
         a, b = m.span()
         if a > pos:
-            s, e = _trim(text, pos, a)
+            s, e = trim_span(text, pos, a)
             if e > s:
                 out.append((s, e))
         pos = max(pos, b)
     if end > pos:
-        s, e = _trim(text, pos, end)
+        s, e = trim_span(text, pos, end)
         if e > s:
             out.append((s, e))
     return out
@@ -161,7 +153,7 @@ class _Chunker:
         self.count_chars = min(max_chars, _CHARS_PER_TOKEN_OVER * max_tokens)
         self.secs: list[tuple[tuple[str, ...], int, int]] = []  # (heading, start, end), trimmed and non-blank
         for s in doc.sections:
-            a, b = _trim(self.text, s.start, s.end)
+            a, b = trim_span(self.text, s.start, s.end)
             if b > a:
                 self.secs.append((s.heading, a, b))
         self.sec_starts = [s for _, s, _ in self.secs]
@@ -185,7 +177,7 @@ class _Chunker:
             return []
         text_secs = self.secs
         spans = [(a, b) for _, a, b in text_secs if b - a <= self.count_chars]
-        gaps = [_trim(self.text, text_secs[i - 1][2], text_secs[i][1]) for i in range(1, len(text_secs))]
+        gaps = [trim_span(self.text, text_secs[i - 1][2], text_secs[i][1]) for i in range(1, len(text_secs))]
         counts = self.count(spans + [g for g in gaps if g[1] > g[0]])
         it = iter(counts)
         sec_tokens: list[int | None] = [
@@ -411,7 +403,7 @@ class _Chunker:
                     ov = next(it) if d.prev_end is not None else None
                 if d.prev_end is not None and out and d.start <= out[-1].start:
                     # The previous draft was cut in two, or lost its own overlap: this overlap would swallow it.
-                    d.start, d.prev_end = _trim(self.text, d.prev_end, d.end)[0], None
+                    d.start, d.prev_end = trim_span(self.text, d.prev_end, d.end)[0], None
                     d.tokens = d.ov_tokens = None
                     out.append(d)
                 elif id(d) not in counted:
@@ -440,7 +432,7 @@ class _Chunker:
             if chars > 0:
                 q = self.word_start(d.start, d.prev_end, d.prev_end - chars)
         if q is None or q <= d.start:
-            d.start, d.prev_end = _trim(self.text, d.prev_end, d.end)[0], None
+            d.start, d.prev_end = trim_span(self.text, d.prev_end, d.end)[0], None
         else:
             d.start = q
         d.tokens = d.ov_tokens = None
@@ -469,8 +461,8 @@ class _Chunker:
                     break
         if cut is None:
             cut = (mid, mid)
-        first = _Draft(a, _trim(self.text, a, cut[0])[1], None, d.prev_end)
-        second = _Draft(_trim(self.text, cut[1], b)[0], b, None, None)
+        first = _Draft(a, trim_span(self.text, a, cut[0])[1], None, d.prev_end)
+        second = _Draft(trim_span(self.text, cut[1], b)[0], b, None, None)
         return [first, second]
 
     def heading(self, start: int, end: int) -> tuple[str, ...]:

@@ -167,7 +167,16 @@ def _normalise_newlines(text: str) -> str:
 # Sections from heading positions
 
 
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
+def _line_offsets(lines: list[str]) -> list[int]:
+    """Char offset of each line's start in the text the lines were split from (on "\n")."""
+    offsets, pos = [], 0
+    for line in lines:
+        offsets.append(pos)
+        pos += len(line) + 1
+    return offsets
+
+
+def trim_span(text: str, start: int, end: int) -> tuple[int, int]:
     """(start, end) moved inwards past whitespace; start == end when the span is blank."""
     while start < end and text[start].isspace():
         start += 1
@@ -177,7 +186,7 @@ def _trim(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def _one_section(text: str, heading: tuple[str, ...]) -> tuple[Section, ...]:
-    start, end = _trim(text, 0, len(text))
+    start, end = trim_span(text, 0, len(text))
     return (Section(heading, start, end),) if end > start else ()
 
 
@@ -200,7 +209,7 @@ def _sections_from_headings(
     path = root
     for h in [*headings, None]:
         body_end = h.start if h is not None else len(text)
-        start, end = _trim(text, pos, body_end)
+        start, end = trim_span(text, pos, body_end)
         if end > start:
             sections.append(Section(path, start, end))
         if h is None:
@@ -233,11 +242,7 @@ _NOT_SETEXT_TEXT = re.compile(r" {0,3}(?:[-*+>|]|\d{1,9}[.)](?:[ \t]|$))| {4}|\t
 def _extract_markdown(text: str) -> Document:
     headings: list[_Heading] = []
     lines = text.split("\n")
-    offsets = []
-    pos = 0
-    for line in lines:
-        offsets.append(pos)
-        pos += len(line) + 1
+    offsets = _line_offsets(lines)
     fence: str | None = None  # the opening fence's run ("```", "~~~~", ...) while inside a fenced block
     para_first: int | None = None  # index of the first line of the current paragraph (setext heading text)
     i = 0
@@ -531,7 +536,7 @@ def _extract_pdf(data: bytes) -> Document:
             failed += 1
             continue
         page_text = _normalise_newlines(page_text.replace("\x00", ""))
-        s, e = _trim(page_text, 0, len(page_text))
+        s, e = trim_span(page_text, 0, len(page_text))
         if e == s:
             continue
         if parts:
@@ -605,11 +610,7 @@ def _extract_code(text: str, filename: str, suffix: str) -> Document:
     if pattern is None:
         return Document(text=text, kind="code", title=None, sections=_one_section(text, root))
     lines = text.split("\n")
-    offsets = []
-    pos = 0
-    for line in lines:
-        offsets.append(pos)
-        pos += len(line) + 1
+    offsets = _line_offsets(lines)
     starts: list[tuple[int, str]] = []  # (line index where the definition's section starts, label)
     for i, line in enumerate(lines):
         if not line or line[0].isspace():
@@ -627,7 +628,7 @@ def _extract_code(text: str, filename: str, suffix: str) -> Document:
     sections = []
     bounds = [(0, None)] + [(offsets[first], label) for first, label in starts] + [(len(text), None)]
     for (start, label), (end, _) in itertools.pairwise(bounds):
-        s, e = _trim(text, start, end)
+        s, e = trim_span(text, start, end)
         if e > s:
             sections.append(Section(root + ((label,) if label else ()), s, e))
     return Document(text=text, kind="code", title=None, sections=tuple(sections))

@@ -87,7 +87,8 @@ class Searcher:
         self.embedder = embedder
         self.warm_min_vectors = warm_min_vectors
         self._matrix: tuple[np.ndarray, np.ndarray] | None = None
-        self._matrix_version: tuple[int, int] = (-1, -1)
+        self._matrix_version: tuple[int, int] = (-1, -1)  # the index version _matrix and _n_vectors describe
+        self._n_vectors = 0
 
     def search(self, query: str, *, k: int = 5, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
         if mode not in MODES:
@@ -116,12 +117,10 @@ class Searcher:
         q = np.ascontiguousarray(self.embedder.embed_query(query), dtype=np.float32)
         where, args = _path_filter(path)
         matrix = self._warm_matrix()
-        total = 0
-        if matrix is None and (path or k > _VEC0_MAX_K):
-            total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
-            if total > _VEC0_MAX_K:
-                # more neighbours than vec0's KNN returns at once may be needed (a narrow filter, a huge k)
-                matrix = self._load_matrix()
+        total = self._n_vectors
+        if matrix is None and (path or k > _VEC0_MAX_K) and total > _VEC0_MAX_K:
+            # more neighbours than vec0's KNN returns at once may be needed (a narrow filter, a huge k)
+            matrix = self._load_matrix()
         if matrix is not None:
             ids, vectors = matrix
             scores = vectors @ q
@@ -149,15 +148,15 @@ class Searcher:
 
     def _warm_matrix(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, (n, dim) float32 vectors) for a big index, loaded once and reloaded after any write (ours:
-        the store's generation; another process's: SQLite's data_version); None for a small index."""
+        the store's generation; another process's: SQLite's data_version); None for a small index. Also
+        keeps _n_vectors, the vector count, for the same version: counting costs a scan of vec0's rowids."""
         version = (self.store.generation, self.store._query_one("PRAGMA data_version")[0])
-        if self._matrix is not None and self._matrix_version == version:
+        if self._matrix_version == version:
             return self._matrix
-        self._matrix = None
-        total = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
-        if total < self.warm_min_vectors:
-            return None
-        self._matrix, self._matrix_version = self._load_matrix(), version
+        self._matrix, self._matrix_version = None, version
+        self._n_vectors = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
+        if self._n_vectors >= self.warm_min_vectors:
+            self._matrix = self._load_matrix()
         return self._matrix
 
     def _load_matrix(self) -> tuple[np.ndarray, np.ndarray]:
