@@ -13,6 +13,7 @@ from edgellm.errors import (
     GGUFError,
     InvalidArgumentError,
     ModelFileError,
+    StateFileError,
     UnsupportedError,
 )
 from edgellm.llm import LLM, GenerationStats, Perplexity, Sampler
@@ -21,4 +22,4 @@ __version__ = "0.1.0"
 
 __all__ = ["LLM", "ChatTemplateError", "ContextFullError", "ConversionError", "EdgeLLMError", "GGUFError",
            "GenerationStats", "InvalidArgumentError", "ModelFileError", "Perplexity", "Sampler",
-           "UnsupportedError", "__version__", "isa", "set_isa"]
+           "StateFileError", "UnsupportedError", "__version__", "isa", "set_isa"]

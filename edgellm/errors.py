@@ -2,7 +2,8 @@
 GGUFError (a malformed or inconsistent model file), ModelFileError (missing or unreadable file),
 UnsupportedError (an architecture, tensor type or tokenizer we do not run), ContextFullError (the
 tokens do not fit in the context), InvalidArgumentError (also a ValueError: a parameter out of range,
-an invalid token id)."""
+an invalid token id), StateFileError (a saved session that is unreadable, corrupt, or saved for another
+model or context)."""
 
 from edgellm._core import (
     ContextFullError,
@@ -10,6 +11,7 @@ from edgellm._core import (
     GGUFError,
     InvalidArgumentError,
     ModelFileError,
+    StateFileError,
     UnsupportedError,
 )
 
@@ -23,4 +25,4 @@ class ChatTemplateError(EdgeLLMError):
 
 
 __all__ = ["ChatTemplateError", "ContextFullError", "ConversionError", "EdgeLLMError", "GGUFError",
-           "InvalidArgumentError", "ModelFileError", "UnsupportedError"]
+           "InvalidArgumentError", "ModelFileError", "StateFileError", "UnsupportedError"]

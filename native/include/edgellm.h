@@ -48,6 +48,7 @@
  *     contexts of one model may run concurrently on different threads.
  *   - edgellm_context_eval runs its own worker threads (n_threads in the context params, the
  *     calling thread counted as one) and returns only when they are done.
+ *   - A speculator drives its target and draft contexts: while it steps, nothing else uses them.
  *   - edgellm_last_error() is per thread.
  *
  * Conventions: `n_max`/`buf_len` are capacities in elements/bytes; `*n_out` receives the count
@@ -78,6 +79,7 @@ typedef struct edgellm_model edgellm_model;
 typedef struct edgellm_context edgellm_context;
 typedef struct edgellm_sampler edgellm_sampler;
 typedef struct edgellm_detokenizer edgellm_detokenizer;
+typedef struct edgellm_speculator edgellm_speculator;
 
 typedef enum edgellm_status {
     EDGELLM_STATUS_OK = 0,
@@ -176,6 +178,7 @@ EDGELLM_API void edgellm_detokenizer_free(edgellm_detokenizer* detok);
 typedef enum edgellm_kv_type {
     EDGELLM_KV_TYPE_F16 = 0, /* the default: half the memory of f32 */
     EDGELLM_KV_TYPE_F32 = 1, /* exact; for reference comparisons */
+    EDGELLM_KV_TYPE_Q8_0 = 2, /* blocks of 32 int8 values with an f16 scale: about half of f16 */
 } edgellm_kv_type;
 
 typedef struct edgellm_context_params {
@@ -205,8 +208,25 @@ EDGELLM_API edgellm_status edgellm_context_eval(edgellm_context* ctx, const edge
 /* Logits of the last eval: rows x n_vocab floats, row-major (*n_rows may be NULL). The pointer is
  * valid until the next eval, truncate or free. NULL before the first eval. */
 EDGELLM_API const float* edgellm_context_logits(const edgellm_context* ctx, size_t* n_rows);
-/* Forgets cached tokens from position n_past on (n_past <= edgellm_context_n_past). */
+/* Forgets cached tokens from position n_past on (n_past <= edgellm_context_n_past): rewinding is
+ * free, and evaluating after it gives the same logits as evaluating from scratch. */
 EDGELLM_API edgellm_status edgellm_context_truncate(edgellm_context* ctx, uint32_t n_past);
+/* The tokens in the cache, in order (n_past of them), under the capacity convention. */
+EDGELLM_API edgellm_status edgellm_context_tokens(const edgellm_context* ctx, edgellm_token* tokens, size_t n_max,
+                                                  size_t* n_out);
+/* Tokens run through the model since the context was made: what cache reuse saves shows here. */
+EDGELLM_API uint64_t edgellm_context_n_evaluated(const edgellm_context* ctx);
+/* Bytes of the KV cache (keys and values of every layer and position). */
+EDGELLM_API uint64_t edgellm_context_kv_bytes(const edgellm_context* ctx);
+
+/* Saved sessions. save writes the cached tokens, their keys and values and the last logits row to
+ * path (through a temporary file: never a partial file). load replaces the context's cache with a
+ * saved one, after checking the format, the checksum, the model (identity of the GGUF file), n_ctx
+ * and the KV type: EDGELLM_STATUS_INVALID_FILE with a message naming the file and the field
+ * otherwise (the context is then unchanged); EDGELLM_STATUS_IO when the file cannot be read or
+ * written. After a load, edgellm_context_logits gives the saved row. */
+EDGELLM_API edgellm_status edgellm_context_save_state(const edgellm_context* ctx, const char* path);
+EDGELLM_API edgellm_status edgellm_context_load_state(edgellm_context* ctx, const char* path);
 
 /* -------------------------------------------------------------- sampler */
 
@@ -234,6 +254,43 @@ EDGELLM_API edgellm_status edgellm_sampler_sample(edgellm_sampler* smpl, const f
 EDGELLM_API void edgellm_sampler_accept(edgellm_sampler* smpl, edgellm_token token);
 /* Clears the history and restarts the random stream from the seed. */
 EDGELLM_API void edgellm_sampler_reset(edgellm_sampler* smpl);
+
+/* ---------------------------------------------------------- speculative */
+
+typedef struct edgellm_spec_params {
+    int32_t draft_max; /* most tokens drafted per step, in [1, 64] (8) */
+    int32_t draft_min; /* the adaptive draft length never falls below this (1) */
+    float p_min;       /* draft model: stop drafting when its top probability is below this (0.5) */
+    int32_t ngram_min; /* prompt lookup: n-gram lengths matched, longest first (1 .. 4) */
+    int32_t ngram_max;
+} edgellm_spec_params;
+
+typedef struct edgellm_spec_stats {
+    uint64_t steps;    /* target passes */
+    uint64_t drafted;  /* tokens proposed */
+    uint64_t accepted; /* proposed tokens kept */
+} edgellm_spec_stats;
+
+EDGELLM_API edgellm_spec_params edgellm_spec_default_params(void);
+
+/* Speculative decoding over a target context. draft: a context of a draft model with the same
+ * vocabulary (INVALID_ARGUMENT naming the first differing token otherwise), or NULL for prompt
+ * lookup (drafts copied from earlier context that continues the last n-gram). */
+EDGELLM_API edgellm_status edgellm_speculator_init(edgellm_context* target, edgellm_context* draft,
+                                                   const edgellm_spec_params* params, edgellm_speculator** out);
+EDGELLM_API void edgellm_speculator_free(edgellm_speculator* spec);
+
+/* One step. pending: the last chosen token, already accepted by smpl and not yet evaluated. Drafts
+ * up to the current draft length, evaluates pending and the drafts in one batched pass, and writes
+ * to tokens the accepted drafts followed by one token the target chose: between 1 and n_max of
+ * them, ending early after an end-of-generation token; each is accepted by smpl. Afterwards the
+ * cache holds pending and every token written but the last (the next pending). Greedy output equals
+ * plain greedy decoding; sampled output keeps the target's distribution. CONTEXT_FULL when there is
+ * no room for pending. */
+EDGELLM_API edgellm_status edgellm_speculator_step(edgellm_speculator* spec, edgellm_sampler* smpl,
+                                                   edgellm_token pending, edgellm_token* tokens, size_t n_max,
+                                                   size_t* n_out);
+EDGELLM_API edgellm_spec_stats edgellm_speculator_stats(const edgellm_speculator* spec);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,8 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,7 +19,7 @@ namespace edgellm_py {
 namespace {
 
 struct Errors {
-    py::object invalid_argument, model_file, invalid_file, unsupported, context_full, base;
+    py::object invalid_argument, model_file, invalid_file, unsupported, context_full, state_file, base;
 };
 
 Errors& errors() {
@@ -25,8 +27,9 @@ Errors& errors() {
     return e;
 }
 
-// Messages may quote bytes from a hostile file: decode them leniently.
-[[noreturn]] void set_error(const py::object& type, const std::string& msg) {
+// Messages may quote bytes from a hostile file: decode them leniently. (Not named set_error: with a
+// const char* message, argument-dependent lookup would pick pybind11::set_error, which returns.)
+[[noreturn]] void throw_error(const py::object& type, const std::string& msg) {
     PyObject* text = PyUnicode_DecodeUTF8(msg.data(), static_cast<Py_ssize_t>(msg.size()), "replace");
     if (!text) throw py::error_already_set();
     PyErr_SetObject(type.ptr(), text);
@@ -48,7 +51,7 @@ Errors& errors() {
     }
     std::string msg = edgellm_last_error();
     if (msg.empty()) msg = edgellm_status_name(status);
-    set_error(*type, msg);
+    throw_error(*type, msg);
 }
 
 void check(edgellm_status status) {
@@ -176,18 +179,53 @@ public:
         return out;
     }
 
+    std::vector<int32_t> tokens() const {
+        size_t n = 0;
+        edgellm_context_tokens(get(), nullptr, 0, &n);
+        std::vector<int32_t> t(n);
+        check(edgellm_context_tokens(get(), t.data(), t.size(), &n));
+        return t;
+    }
+
+    // Saved sessions: every failure is a StateFileError (the message names the file and field).
+    void save_state(const std::string& path) const {
+        edgellm_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = edgellm_context_save_state(get(), path.c_str());
+        }
+        state_check(st);
+    }
+    void load_state(const std::string& path) {
+        edgellm_context* c = get();
+        edgellm_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = edgellm_context_load_state(c, path.c_str());
+        }
+        state_check(st);
+    }
+
     const float* row(int64_t r) const {
         size_t rows = 0;
         const float* p = edgellm_context_logits(get(), &rows);
         if (!p || rows == 0) {
-            set_error(errors().invalid_argument, "no logits: evaluate tokens first");
+            throw_error(errors().invalid_argument, "no logits: evaluate tokens first");
         }
         if (r < 0) r += static_cast<int64_t>(rows);
         if (r < 0 || r >= static_cast<int64_t>(rows)) throw py::index_error("logits row out of range");
         return p + static_cast<size_t>(r) * static_cast<size_t>(edgellm_model_n_vocab(model_->ptr));
     }
 
+    ModelRef model_ref() const { return model_; }
+
 private:
+    static void state_check(edgellm_status st) {
+        if (st == EDGELLM_STATUS_IO || st == EDGELLM_STATUS_INVALID_FILE)
+            throw_error(errors().state_file, edgellm_last_error());
+        check(st);
+    }
+
     ModelRef model_;
     edgellm_context* ctx_ = nullptr;
 };
@@ -217,7 +255,7 @@ public:
     int32_t sample(py::array_t<float, py::array::c_style | py::array::forcecast> logits) {
         const auto n_vocab = static_cast<py::ssize_t>(edgellm_model_n_vocab(model_->ptr));
         if (logits.ndim() != 1 || logits.shape(0) != n_vocab) {
-            set_error(errors().invalid_argument, "logits: expected a 1-D array of " + std::to_string(n_vocab) +
+            throw_error(errors().invalid_argument, "logits: expected a 1-D array of " + std::to_string(n_vocab) +
                                                      " floats");
         }
         edgellm_token t = -1;
@@ -231,10 +269,56 @@ public:
     }
     void accept(int32_t t) { edgellm_sampler_accept(s_, t); }
     void reset() { edgellm_sampler_reset(s_); }
+    edgellm_sampler* get() const { return s_; }
 
 private:
     ModelRef model_;
     edgellm_sampler* s_ = nullptr;
+};
+
+// Holds both contexts (and so their models) alive while it lives.
+class PySpeculator {
+public:
+    PySpeculator(py::object target, py::object draft, int32_t draft_max, int32_t draft_min, float p_min,
+                 int32_t ngram_min, int32_t ngram_max)
+        : target_(std::move(target)), draft_(std::move(draft)) {
+        edgellm_spec_params p = edgellm_spec_default_params();
+        p.draft_max = draft_max;
+        p.draft_min = draft_min;
+        p.p_min = p_min;
+        p.ngram_min = ngram_min;
+        p.ngram_max = ngram_max;
+        edgellm_context* d = draft_.is_none() ? nullptr : draft_.cast<PyContext&>().get();
+        check(edgellm_speculator_init(target_.cast<PyContext&>().get(), d, &p, &s_));
+        buf_.resize(static_cast<size_t>(draft_max) + 1);
+    }
+    ~PySpeculator() { edgellm_speculator_free(s_); }
+    PySpeculator(const PySpeculator&) = delete;
+    PySpeculator& operator=(const PySpeculator&) = delete;
+
+    std::vector<int32_t> step(PySampler& smpl, int32_t pending, size_t n_max) {
+        if (n_max == 0) return {};
+        n_max = std::min(n_max, buf_.size());
+        target_.cast<PyContext&>().get();  // not closed
+        if (!draft_.is_none()) draft_.cast<PyContext&>().get();
+        size_t n = 0;
+        edgellm_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = edgellm_speculator_step(s_, smpl.get(), pending, buf_.data(), n_max, &n);
+        }
+        check(st);
+        return std::vector<int32_t>(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(n));
+    }
+    py::tuple stats() const {
+        const edgellm_spec_stats st = edgellm_speculator_stats(s_);
+        return py::make_tuple(st.steps, st.drafted, st.accepted);
+    }
+
+private:
+    py::object target_, draft_;
+    edgellm_speculator* s_ = nullptr;
+    std::vector<int32_t> buf_;
 };
 
 class PyDetokenizer {
@@ -300,6 +384,9 @@ void bind_llm(py::module_& m) {
                               "An architecture, tensor type or tokenizer edgellm does not run.");
     e.context_full = new_error(m, "ContextFullError", py::make_tuple(e.base),
                                "The tokens do not fit in the context (KV cache); nothing was evaluated.");
+    e.state_file = new_error(m, "StateFileError", py::make_tuple(e.base),
+                             "A saved session cannot be used: unreadable, corrupt, truncated, or saved for "
+                             "another model or context.");
 
     m.def("version", [] { return std::string(edgellm_version()); });
     m.def("isa", [] { return std::string(edgellm_isa()); }, "The CPU kernels in use: avx512, avx2 or scalar.");
@@ -334,6 +421,11 @@ void bind_llm(py::module_& m) {
         .def("eval", &PyContext::eval, py::arg("tokens"), py::arg("logits_all") = false)
         .def("logits", &PyContext::logits)
         .def("truncate", [](PyContext& c, uint32_t n) { check(edgellm_context_truncate(c.get(), n)); })
+        .def("tokens", &PyContext::tokens)
+        .def_property_readonly("n_evaluated", [](const PyContext& c) { return edgellm_context_n_evaluated(c.get()); })
+        .def_property_readonly("kv_bytes", [](const PyContext& c) { return edgellm_context_kv_bytes(c.get()); })
+        .def("save_state", &PyContext::save_state, py::arg("path"))
+        .def("load_state", &PyContext::load_state, py::arg("path"))
         .def("close", &PyContext::close);
 
     py::class_<PySampler>(m, "Sampler")
@@ -345,6 +437,13 @@ void bind_llm(py::module_& m) {
         .def("sample_context", &PySampler::sample_context, py::arg("context"), py::arg("row") = -1)
         .def("accept", &PySampler::accept, py::arg("token"))
         .def("reset", &PySampler::reset);
+
+    py::class_<PySpeculator>(m, "Speculator")
+        .def(py::init<py::object, py::object, int32_t, int32_t, float, int32_t, int32_t>(), py::arg("target"),
+             py::arg("draft"), py::arg("draft_max") = 8, py::arg("draft_min") = 1, py::arg("p_min") = 0.5f,
+             py::arg("ngram_min") = 1, py::arg("ngram_max") = 4)
+        .def("step", &PySpeculator::step, py::arg("sampler"), py::arg("pending"), py::arg("n_max"))
+        .def("stats", &PySpeculator::stats);
 
     py::class_<PyDetokenizer>(m, "Detokenizer")
         .def(py::init<const PyModel&, bool>(), py::arg("model"), py::arg("special") = false)

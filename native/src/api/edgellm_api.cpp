@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <new>
 #include <string>
@@ -15,7 +17,9 @@
 #include "gguf/gguf.h"
 #include "model/model.h"
 #include "ops/matmul_kernels.h"
+#include "model/state.h"
 #include "sampling/sampler.h"
+#include "spec/speculator.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace edgellm;
@@ -27,11 +31,18 @@ struct edgellm_model {
     std::string arch;
     uint64_t n_params = 0;
     uint64_t size = 0;
+    uint64_t identity = 0;  // the model's identity for saved states
 };
 
 struct edgellm_context {
     const edgellm_model* model;
     std::unique_ptr<Context> ctx;
+};
+
+struct edgellm_speculator {
+    edgellm_context* target;
+    std::unique_ptr<Speculator> spec;
+    std::vector<int32_t> out;
 };
 
 struct edgellm_sampler {
@@ -98,6 +109,19 @@ edgellm_status stream_out(edgellm_detokenizer* d, Step&& step, char* buf, size_t
     const edgellm_status st = copy_out(step(probe), buf, buf_len, n_out);
     if (st == EDGELLM_STATUS_OK) d->stream = std::move(probe);
     return st;
+}
+
+// A model's identity: a hash of the file's header (metadata and tensor table) and of the first
+// 4 KiB of every tensor's data, so files with the same shapes but other weights differ.
+uint64_t model_identity(const gguf::Reader& f) {
+    uint64_t h = hash_bytes(f.bytes(), size_t(f.data_offset()), f.file_size());
+    for (const auto& t : f.tensors())
+        h = hash_bytes(f.tensor_data(t), size_t(std::min<uint64_t>(t.nbytes, 4096)), h);
+    return h;
+}
+
+StateOwner owner_of(const edgellm_model* m) {
+    return StateOwner{m->identity, m->file->path()};
 }
 
 bool token_in_range(const edgellm_model* m, edgellm_token t) {
@@ -182,6 +206,7 @@ edgellm_status edgellm_model_load(const char* path, const edgellm_model_params* 
         }
         if (!p.vocab_only) {
             m->model = Model::load(f);
+            m->identity = model_identity(f);
             if (m->model->n_vocab() != m->tokenizer->n_vocab())
                 throw gguf::Error(f.path() + ": token_embd.weight: " + std::to_string(m->model->n_vocab()) +
                                   " rows, but tokenizer.ggml.tokens has " +
@@ -299,7 +324,7 @@ edgellm_context_params edgellm_context_default_params(void) {
     p.n_ctx = d.n_ctx;
     p.n_batch = d.n_batch;
     p.n_threads = d.n_threads;
-    p.kv_type = d.kv_f32 ? EDGELLM_KV_TYPE_F32 : EDGELLM_KV_TYPE_F16;
+    p.kv_type = static_cast<edgellm_kv_type>(d.kv_type);
     return p;
 }
 
@@ -317,10 +342,10 @@ edgellm_status edgellm_context_init(const edgellm_model* m, const edgellm_contex
         cp.n_ctx = p.n_ctx;
         cp.n_batch = p.n_batch;
         cp.n_threads = p.n_threads;
-        if (p.kv_type != EDGELLM_KV_TYPE_F16 && p.kv_type != EDGELLM_KV_TYPE_F32)
+        if (p.kv_type != EDGELLM_KV_TYPE_F16 && p.kv_type != EDGELLM_KV_TYPE_F32 && p.kv_type != EDGELLM_KV_TYPE_Q8_0)
             return fail(EDGELLM_STATUS_INVALID_ARGUMENT,
                         "kv_type: " + std::to_string(static_cast<int>(p.kv_type)) + " is not a KV cache type");
-        cp.kv_f32 = p.kv_type == EDGELLM_KV_TYPE_F32;
+        cp.kv_type = static_cast<KvType>(p.kv_type);
         auto c = std::make_unique<edgellm_context>();
         c->model = m;
         c->ctx = Context::create(*m->model, cp);
@@ -360,6 +385,52 @@ edgellm_status edgellm_context_truncate(edgellm_context* c, uint32_t n_past) {
         c->ctx->truncate(n_past);
         return EDGELLM_STATUS_OK;
     });
+}
+
+edgellm_status edgellm_context_tokens(const edgellm_context* c, edgellm_token* tokens, size_t n_max, size_t* n_out) {
+    if (!c) return null_arg("edgellm_context_tokens", "ctx");
+    if (!tokens && n_max) return null_arg("edgellm_context_tokens", "tokens");
+    const std::vector<int32_t>& t = c->ctx->tokens();
+    if (n_out) *n_out = t.size();
+    if (t.size() > n_max) return fail(EDGELLM_STATUS_BUFFER_TOO_SMALL, "token buffer too small");
+    if (!t.empty()) std::memcpy(tokens, t.data(), t.size() * sizeof(int32_t));
+    return EDGELLM_STATUS_OK;
+}
+
+uint64_t edgellm_context_n_evaluated(const edgellm_context* c) { return c ? c->ctx->n_evaluated() : 0; }
+uint64_t edgellm_context_kv_bytes(const edgellm_context* c) { return c ? c->ctx->kv_bytes() : 0; }
+
+namespace {
+
+edgellm_status state_io(const char* fn, const char* path, const std::function<void()>& run) {
+    if (!path) return null_arg(fn, "path");
+    try {
+        g_last_error.clear();
+        run();
+        return EDGELLM_STATUS_OK;
+    } catch (const StateError& e) {
+        const std::string msg = e.what();
+        const bool io = msg.find("cannot read") != std::string::npos || msg.find("cannot write") != std::string::npos;
+        return fail(io ? EDGELLM_STATUS_IO : EDGELLM_STATUS_INVALID_FILE, msg);
+    } catch (const std::bad_alloc&) {
+        return fail(EDGELLM_STATUS_OUT_OF_MEMORY, std::string("state file ") + path + ": out of memory");
+    } catch (const std::exception& e) {
+        return fail(EDGELLM_STATUS_INTERNAL, std::string("internal error: ") + e.what());
+    } catch (...) {
+        return fail(EDGELLM_STATUS_INTERNAL, "internal error");
+    }
+}
+
+}  // namespace
+
+edgellm_status edgellm_context_save_state(const edgellm_context* c, const char* path) {
+    if (!c) return null_arg("edgellm_context_save_state", "ctx");
+    return state_io("edgellm_context_save_state", path, [&] { c->ctx->save_state(path, owner_of(c->model)); });
+}
+
+edgellm_status edgellm_context_load_state(edgellm_context* c, const char* path) {
+    if (!c) return null_arg("edgellm_context_load_state", "ctx");
+    return state_io("edgellm_context_load_state", path, [&] { c->ctx->load_state(path, owner_of(c->model)); });
 }
 
 // ---------------------------------------------------------------- sampler
@@ -419,6 +490,89 @@ void edgellm_sampler_accept(edgellm_sampler* s, edgellm_token t) {
 
 void edgellm_sampler_reset(edgellm_sampler* s) {
     if (s) s->sampler.reset();
+}
+
+// ------------------------------------------------------------ speculative
+
+edgellm_spec_params edgellm_spec_default_params(void) {
+    const SpecParams d;
+    edgellm_spec_params p;
+    p.draft_max = d.draft_max;
+    p.draft_min = d.draft_min;
+    p.p_min = d.p_min;
+    p.ngram_min = d.ngram_min;
+    p.ngram_max = d.ngram_max;
+    return p;
+}
+
+edgellm_status edgellm_speculator_init(edgellm_context* target, edgellm_context* draft,
+                                       const edgellm_spec_params* params, edgellm_speculator** out) {
+    if (!out) return null_arg("edgellm_speculator_init", "out");
+    *out = nullptr;
+    if (!target) return null_arg("edgellm_speculator_init", "target");
+    const edgellm_spec_params p = params ? *params : edgellm_spec_default_params();
+    return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
+        const edgellm_model* tm = target->model;
+        if (draft) {
+            if (draft == target) throw Error("draft: the draft context is the target context");
+            const Tokenizer& a = *tm->tokenizer;
+            const Tokenizer& b = *draft->model->tokenizer;
+            const std::string where = "draft model " + draft->model->file->path() + ": ";
+            if (a.n_vocab() != b.n_vocab())
+                throw Error(where + "vocabulary of " + std::to_string(b.n_vocab()) + " tokens; the target " +
+                            tm->file->path() + " has " + std::to_string(a.n_vocab()));
+            for (int32_t t = 0; t < a.n_vocab(); ++t)
+                if (a.piece(t, true) != b.piece(t, true))
+                    throw Error(where + "token " + std::to_string(t) + " is '" + b.piece(t, true) +
+                                "'; in the target it is '" + a.piece(t, true) + "' (the vocabularies differ)");
+            if (a.bos() != b.bos() || a.eos() != b.eos())
+                throw Error(where + "BOS/EOS ids differ from the target's");
+        }
+        SpecParams sp;
+        sp.draft_max = p.draft_max;
+        sp.draft_min = p.draft_min;
+        sp.p_min = p.p_min;
+        sp.ngram_min = p.ngram_min;
+        sp.ngram_max = p.ngram_max;
+        const Tokenizer* tok = tm->tokenizer.get();
+        auto s = std::make_unique<edgellm_speculator>();
+        s->target = target;
+        s->spec = std::make_unique<Speculator>(*target->ctx, draft ? draft->ctx.get() : nullptr, tok->n_vocab(), sp,
+                                               [tok](int32_t t) { return tok->is_eog(t); });
+        *out = s.release();
+        return EDGELLM_STATUS_OK;
+    });
+}
+
+void edgellm_speculator_free(edgellm_speculator* s) { delete s; }
+
+edgellm_status edgellm_speculator_step(edgellm_speculator* s, edgellm_sampler* smpl, edgellm_token pending,
+                                       edgellm_token* tokens, size_t n_max, size_t* n_out) {
+    if (n_out) *n_out = 0;
+    if (!s) return null_arg("edgellm_speculator_step", "spec");
+    if (!smpl) return null_arg("edgellm_speculator_step", "smpl");
+    if (!tokens) return null_arg("edgellm_speculator_step", "tokens");
+    if (n_max == 0) return fail(EDGELLM_STATUS_INVALID_ARGUMENT, "edgellm_speculator_step: n_max is 0");
+    if (!token_in_range(s->target->model, pending)) return bad_token(s->target->model, pending);
+    if (smpl->model->tokenizer->n_vocab() != s->target->model->tokenizer->n_vocab())
+        return fail(EDGELLM_STATUS_INVALID_ARGUMENT, "edgellm_speculator_step: the sampler is for another vocabulary");
+    return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
+        s->out.clear();
+        s->spec->step(smpl->sampler, pending, n_max, s->out);
+        std::memcpy(tokens, s->out.data(), s->out.size() * sizeof(int32_t));
+        if (n_out) *n_out = s->out.size();
+        return EDGELLM_STATUS_OK;
+    });
+}
+
+edgellm_spec_stats edgellm_speculator_stats(const edgellm_speculator* s) {
+    edgellm_spec_stats st{0, 0, 0};
+    if (!s) return st;
+    const SpecStats& x = s->spec->stats();
+    st.steps = x.steps;
+    st.drafted = x.drafted;
+    st.accepted = x.accepted;
+    return st;
 }
 
 }  // extern "C"

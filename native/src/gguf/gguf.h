@@ -104,6 +104,7 @@ public:
     uint32_t alignment() const { return alignment_; }
     uint64_t data_offset() const { return data_offset_; }  // absolute start of the data section
     uint64_t file_size() const { return file_.size(); }
+    const uint8_t* bytes() const { return file_.data(); }  // the whole mapped file
 
     const std::vector<KV>& kvs() const { return kvs_; }  // file order
     const KV* find(std::string_view key) const;           // nullptr when absent

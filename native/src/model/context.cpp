@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "model/arch.h"
+#include "model/state.h"
 
 namespace edgellm {
 
@@ -21,13 +22,21 @@ public:
     const float* logits() const override { return n_logit_rows_ ? logits_.data() : nullptr; }
     size_t n_logit_rows() const override { return n_logit_rows_; }
     void truncate(uint32_t n_past) override;
+    const std::vector<int32_t>& tokens() const override { return tokens_; }
+    uint64_t n_evaluated() const override { return n_evaluated_; }
+    size_t kv_bytes() const override { return cache_.bytes(); }
+    KvType kv_type() const override { return kv_type_; }
+    void save_state(const std::string& path, const StateOwner& owner) const override;
+    void load_state(const std::string& path, const StateOwner& owner) override;
 
 private:
+    StateShape shape(const StateOwner& owner) const;
     void run_chunk(const int32_t* tokens, int64_t n_tokens, int64_t out_first, float* logits);
 
     const ModelImpl& model_;
     const HParams& hp_;
     int64_t n_ctx_, n_batch_;
+    KvType kv_type_;
     ThreadPool pool_;
     KvCache cache_;
     std::vector<AttnScratch> scratch_;
@@ -38,7 +47,18 @@ private:
     std::vector<float> logits_;  // grows to the largest request, never shrinks
     size_t n_logit_rows_ = 0;
     int64_t n_past_ = 0;
+    std::vector<int32_t> tokens_;  // the n_past_ cached tokens
+    uint64_t n_evaluated_ = 0;
 };
+
+quant::Type cache_type(KvType t) {
+    switch (t) {
+        case KvType::F16: return quant::Type::F16;
+        case KvType::F32: return quant::Type::F32;
+        case KvType::Q8_0: return quant::Type::Q8_0;
+    }
+    throw Error("kv_type: " + std::to_string(static_cast<uint32_t>(t)) + " is not a KV cache type");
+}
 
 int64_t checked_ctx(const HParams& hp, const ContextParams& p) {
     return p.n_ctx == 0 ? hp.n_ctx_train : int64_t(p.n_ctx);
@@ -54,8 +74,9 @@ ContextImpl::ContextImpl(const ModelImpl& model, const ContextParams& params)
       hp_(model.hparams()),
       n_ctx_(checked_ctx(hp_, params)),
       n_batch_(checked_batch(n_ctx_, params)),
+      kv_type_(params.kv_type),
       pool_(params.n_threads),
-      cache_(hp_.n_layer, n_ctx_, hp_.n_head_kv, hp_.head_dim, params.kv_f32 ? quant::Type::F32 : quant::Type::F16) {
+      cache_(hp_.n_layer, n_ctx_, hp_.n_head_kv, hp_.head_dim, cache_type(params.kv_type)) {
     scratch_.resize(size_t(pool_.n_threads()));
     for (AttnScratch& sc : scratch_) attn_scratch_init(sc, hp_.head_dim);
     const Weights& w = model.weights();
@@ -73,6 +94,7 @@ ContextImpl::ContextImpl(const ModelImpl& model, const ContextParams& params)
     up_.resize(nb * size_t(hp_.n_ff));
     rope_.cos.reserve(nb * size_t(hp_.n_rot / 2));
     rope_.sin.reserve(nb * size_t(hp_.n_rot / 2));
+    tokens_.reserve(size_t(n_ctx_));
 }
 
 void ContextImpl::eval(const int32_t* tokens, size_t n, bool logits_all) {
@@ -98,11 +120,13 @@ void ContextImpl::eval(const int32_t* tokens, size_t n, bool logits_all) {
             else
                 run_chunk(tokens + start, len, last ? len - 1 : len, logits_.data());
             n_past_ += len;
+            n_evaluated_ += uint64_t(len);
         }
     } catch (...) {
         n_past_ = saved;
         throw;
     }
+    tokens_.insert(tokens_.end(), tokens, tokens + n);
     n_logit_rows_ = rows;
 }
 
@@ -134,7 +158,45 @@ void ContextImpl::truncate(uint32_t n_past) {
         throw Error("truncate: n_past " + std::to_string(n_past) + " is beyond the " + std::to_string(n_past_) +
                     " cached tokens");
     n_past_ = n_past;
+    tokens_.resize(n_past);
     n_logit_rows_ = 0;
+}
+
+StateShape ContextImpl::shape(const StateOwner& owner) const {
+    StateShape s;
+    s.model_id = owner.model_id;
+    s.n_vocab = uint32_t(hp_.n_vocab);
+    s.n_layer = uint32_t(hp_.n_layer);
+    s.n_head_kv = uint32_t(hp_.n_head_kv);
+    s.head_dim = uint32_t(hp_.head_dim);
+    s.n_ctx = uint32_t(n_ctx_);
+    s.kv_type = static_cast<uint32_t>(kv_type_);
+    return s;
+}
+
+void ContextImpl::save_state(const std::string& path, const StateOwner& owner) const {
+    const float* last = n_logit_rows_ ? logits_.data() + (n_logit_rows_ - 1) * size_t(hp_.n_vocab) : nullptr;
+    write_state(path, shape(owner), cache_, tokens_, last);
+}
+
+void ContextImpl::load_state(const std::string& path, const StateOwner& owner) {
+    LoadedState st = read_state(path, shape(owner), cache_.row_bytes(), owner.model_path);
+    if (logits_.size() < st.logits.size()) logits_.resize(st.logits.size());
+    // Everything is checked and allocated: from here on nothing throws.
+    const size_t rb = cache_.row_bytes(), n = st.tokens.size();
+    for (int64_t l = 0; l < hp_.n_layer; ++l)
+        for (size_t p = 0; p < n; ++p) {
+            const uint8_t* row = st.kv.data() + (size_t(l) * n + p) * 2 * rb;
+            cache_.set_row(l, int64_t(p), row, row + rb);
+        }
+    tokens_ = std::move(st.tokens);
+    n_past_ = int64_t(n);
+    if (!st.logits.empty()) {
+        std::copy(st.logits.begin(), st.logits.end(), logits_.begin());
+        n_logit_rows_ = 1;
+    } else {
+        n_logit_rows_ = 0;
+    }
 }
 
 }  // namespace

@@ -6,10 +6,12 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <new>
 #include <string>
 
 #include "common/error.h"
+#include "model/model.h"
 
 namespace edgellm {
 
@@ -41,31 +43,76 @@ void halves_to_floats(const uint16_t* src, float* dst, int64_t n) {
     convert(src, dst, n);
 }
 
+namespace {
+
+constexpr int64_t kQ8 = 32;            // values per q8_0 block
+constexpr size_t kQ8Bytes = 2 + kQ8;   // f16 scale + 32 int8
+
+// One q8_0 block (GGUF layout) from 32 floats: d = max|x| / 127, q = round(x / d).
+void quantize_q8(const float* x, uint8_t* out) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < kQ8; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const uint16_t dh = quant::fp32_to_fp16_sat(d);
+    std::memcpy(out, &dh, 2);
+    auto* q = reinterpret_cast<int8_t*>(out + 2);
+    for (int64_t i = 0; i < kQ8; ++i) {
+        const float v = std::nearbyint(x[i] * id);
+        q[i] = static_cast<int8_t>(std::isfinite(v) ? std::clamp(v, -127.0f, 127.0f) : 0.0f);
+    }
+}
+
+// Values [first, first + n) of a q8_0 row as floats, written to dst[i * stride].
+void dequant_q8(const uint8_t* row, int64_t first, int64_t n, float* dst, int64_t stride) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t j = first + i;
+        const uint8_t* blk = row + size_t(j / kQ8) * kQ8Bytes;
+        uint16_t dh;
+        std::memcpy(&dh, blk, 2);
+        dst[i * stride] = half_to_float(dh) * float(reinterpret_cast<const int8_t*>(blk + 2)[j % kQ8]);
+    }
+}
+
+}  // namespace
+
 KvCache::KvCache(int64_t n_layer, int64_t n_ctx, int64_t n_head_kv, int64_t head_dim, quant::Type type)
     : n_layer_(n_layer),
       n_ctx_(n_ctx),
       n_head_kv_(n_head_kv),
       head_dim_(head_dim),
       n_tiles_((n_ctx + kTile - 1) / kTile),
+      type_(type),
       f32_(type == quant::Type::F32) {
     const int64_t n_embd_kv = n_head_kv * head_dim;
-    if (type != quant::Type::F16 && type != quant::Type::F32)
-        throw Error("kv_type: the KV cache is stored as f16 or f32, not type id " +
+    if (type != quant::Type::F16 && type != quant::Type::F32 && type != quant::Type::Q8_0)
+        throw Error("kv_type: the KV cache is stored as f16, f32 or q8_0, not type id " +
                     std::to_string(static_cast<uint32_t>(type)));
-    elem_ = f32_ ? sizeof(float) : sizeof(uint16_t);
+    if (type == quant::Type::Q8_0 && n_embd_kv % kQ8 != 0)
+        throw Unsupported("kv_type: a q8_0 KV cache needs n_head_kv x head_dim (" + std::to_string(n_embd_kv) +
+                          ") to be a multiple of 32");
     int64_t n = 0;
     if (n_layer <= 0 || n_ctx <= 0 || n_embd_kv <= 0 || __builtin_mul_overflow(n_layer, n_tiles_ * kTile, &n) ||
         __builtin_mul_overflow(n, n_embd_kv, &n) || n > (int64_t(1) << 40))
         throw Error("n_ctx: a KV cache of " + std::to_string(n_ctx) + " positions x " + std::to_string(n_layer) +
                     " layers x " + std::to_string(n_embd_kv) + " values is too large");
-    n_elems_ = size_t(n);
+    const size_t n_elems = size_t(n);
+    switch (type) {
+        case quant::Type::F32: row_bytes_ = size_t(n_embd_kv) * sizeof(float); break;
+        case quant::Type::F16: row_bytes_ = size_t(n_embd_kv) * sizeof(uint16_t); break;
+        default: row_bytes_ = size_t(n_embd_kv / kQ8) * kQ8Bytes; break;
+    }
+    n_bytes_ = n_elems / size_t(n_embd_kv) * row_bytes_;
     try {
-        if (f32_) {
-            kf_.reset(new float[n_elems_]);
-            vf_.reset(new float[n_elems_]);
+        if (type == quant::Type::F32) {
+            kf_.reset(new float[n_elems]);
+            vf_.reset(new float[n_elems]);
+        } else if (type == quant::Type::F16) {
+            kh_.reset(new uint16_t[n_elems]);
+            vh_.reset(new uint16_t[n_elems]);
         } else {
-            kh_.reset(new uint16_t[n_elems_]);
-            vh_.reset(new uint16_t[n_elems_]);
+            kq_.reset(new uint8_t[n_bytes_]);
+            vq_.reset(new uint8_t[n_bytes_]);
         }
     } catch (const std::bad_alloc&) {
         throw Error("n_ctx: cannot allocate a KV cache of " + std::to_string(n_ctx) + " positions (" +
@@ -74,6 +121,15 @@ KvCache::KvCache(int64_t n_layer, int64_t n_ctx, int64_t n_head_kv, int64_t head
 }
 
 void KvCache::write(int64_t layer, int64_t pos, const float* k, const float* v) {
+    if (type_ == quant::Type::Q8_0) {
+        const size_t o = q_offset(layer, pos);
+        const int64_t nb = n_head_kv_ * head_dim_ / kQ8;
+        for (int64_t b = 0; b < nb; ++b) {
+            quantize_q8(k + b * kQ8, kq_.get() + o + size_t(b) * kQ8Bytes);
+            quantize_q8(v + b * kQ8, vq_.get() + o + size_t(b) * kQ8Bytes);
+        }
+        return;
+    }
     const int64_t tile = pos / kTile, col = pos % kTile;
     for (int64_t h = 0; h < n_head_kv_; ++h) {
         const float* kh = k + h * head_dim_;
@@ -90,19 +146,71 @@ void KvCache::write(int64_t layer, int64_t pos, const float* k, const float* v) 
 }
 
 const float* KvCache::keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, float* buf) const {
+    const int64_t cols = std::min<int64_t>(kTile, (n + 15) / 16 * 16);
+    if (type_ == quant::Type::Q8_0) {
+        // Positions past n (up to cols) are read too: their values are ignored by the caller, and
+        // zeroing them keeps garbage scales out of the arithmetic.
+        for (int64_t j = 0; j < cols; ++j) {
+            if (j < n)
+                dequant_q8(kq_.get() + q_offset(layer, tile * kTile + j), kvh * head_dim_, head_dim_, buf + j, kTile);
+            else
+                for (int64_t d = 0; d < head_dim_; ++d) buf[d * kTile + j] = 0.0f;
+        }
+        return buf;
+    }
     const size_t o = k_offset(layer, kvh, tile);
     if (f32_) return kf_.get() + o;
-    const int64_t cols = std::min<int64_t>(kTile, (n + 15) / 16 * 16);
     for (int64_t d = 0; d < head_dim_; ++d)
         halves_to_floats(kh_.get() + o + size_t(d * kTile), buf + d * kTile, cols);
     return buf;
 }
 
 const float* KvCache::values(int64_t layer, int64_t kvh, int64_t pos, int64_t n, float* buf) const {
+    if (type_ == quant::Type::Q8_0) {
+        for (int64_t j = 0; j < n; ++j)
+            dequant_q8(vq_.get() + q_offset(layer, pos + j), kvh * head_dim_, head_dim_, buf + j * head_dim_, 1);
+        return buf;
+    }
     const size_t o = v_offset(layer, kvh, pos);
     if (f32_) return vf_.get() + o;
     halves_to_floats(vh_.get() + o, buf, n * head_dim_);
     return buf;
+}
+
+void KvCache::get_row(int64_t layer, int64_t pos, uint8_t* k, uint8_t* v) const {
+    if (type_ == quant::Type::Q8_0) {
+        std::memcpy(k, kq_.get() + q_offset(layer, pos), row_bytes_);
+        std::memcpy(v, vq_.get() + q_offset(layer, pos), row_bytes_);
+        return;
+    }
+    const size_t elem = f32_ ? sizeof(float) : sizeof(uint16_t), head = size_t(head_dim_) * elem;
+    const int64_t tile = pos / kTile, col = pos % kTile;
+    for (int64_t h = 0; h < n_head_kv_; ++h) {
+        const size_t ko = k_offset(layer, h, tile) + size_t(col), vo = v_offset(layer, h, pos);
+        const uint8_t* ks = f32_ ? reinterpret_cast<const uint8_t*>(kf_.get()) : reinterpret_cast<const uint8_t*>(kh_.get());
+        const uint8_t* vs = f32_ ? reinterpret_cast<const uint8_t*>(vf_.get()) : reinterpret_cast<const uint8_t*>(vh_.get());
+        for (int64_t d = 0; d < head_dim_; ++d)
+            std::memcpy(k + size_t(h) * head + size_t(d) * elem, ks + (ko + size_t(d * kTile)) * elem, elem);
+        std::memcpy(v + size_t(h) * head, vs + vo * elem, head);
+    }
+}
+
+void KvCache::set_row(int64_t layer, int64_t pos, const uint8_t* k, const uint8_t* v) {
+    if (type_ == quant::Type::Q8_0) {
+        std::memcpy(kq_.get() + q_offset(layer, pos), k, row_bytes_);
+        std::memcpy(vq_.get() + q_offset(layer, pos), v, row_bytes_);
+        return;
+    }
+    const size_t elem = f32_ ? sizeof(float) : sizeof(uint16_t), head = size_t(head_dim_) * elem;
+    const int64_t tile = pos / kTile, col = pos % kTile;
+    uint8_t* ks = f32_ ? reinterpret_cast<uint8_t*>(kf_.get()) : reinterpret_cast<uint8_t*>(kh_.get());
+    uint8_t* vs = f32_ ? reinterpret_cast<uint8_t*>(vf_.get()) : reinterpret_cast<uint8_t*>(vh_.get());
+    for (int64_t h = 0; h < n_head_kv_; ++h) {
+        const size_t ko = k_offset(layer, h, tile) + size_t(col), vo = v_offset(layer, h, pos);
+        for (int64_t d = 0; d < head_dim_; ++d)
+            std::memcpy(ks + (ko + size_t(d * kTile)) * elem, k + size_t(h) * head + size_t(d) * elem, elem);
+        std::memcpy(vs + vo * elem, v + size_t(h) * head, head);
+    }
 }
 
 }  // namespace edgellm

@@ -1,8 +1,11 @@
 // The KV cache: keys and values of every layer and position, allocated once per context, stored
-// in f16 (the default, as llama.cpp does) or f32 (exact, twice the memory). Laid out for the
-// reader: per layer and KV head, keys in tiles of kTile positions stored transposed (head_dim rows
-// of kTile), values position-major; so attention converts one contiguous block per tile and
-// writing a token scatters its keys (once per token, cheap).
+// in f16 (the default, as llama.cpp does), f32 (exact, twice the memory) or q8_0 (blocks of 32
+// int8 values with an f16 scale: 34 bytes per 32 values, about half of f16).
+// f16 and f32 are laid out for the reader: per layer and KV head, keys in tiles of kTile positions
+// stored transposed (head_dim rows of kTile), values position-major; so attention converts one
+// contiguous block per tile and writing a token scatters its keys (once per token, cheap).
+// q8_0 stores, per layer and position, the row of all KV heads (n_head_kv * head_dim values, the
+// blocks running across heads as llama.cpp's do), keys and values alike; reading dequantizes.
 // Positions >= n_past hold stale data that is overwritten before it is read, which is what makes
 // truncate() free.
 #pragma once
@@ -37,13 +40,20 @@ public:
     // Positions per key tile: attention reads keys a tile at a time (model/attention.cpp).
     static constexpr int64_t kTile = 64;
 
-    // type: F16 or F32. Throws Error for another type, or when the cache cannot be allocated (the
-    // message gives the size).
+    // type: F16, F32 or Q8_0 (n_head_kv * head_dim a multiple of 32). Throws Error for another
+    // type, or when the cache cannot be allocated (the message gives the size).
     KvCache(int64_t n_layer, int64_t n_ctx, int64_t n_head_kv, int64_t head_dim, quant::Type type);
 
     int64_t n_ctx() const { return n_ctx_; }
-    quant::Type type() const { return f32_ ? quant::Type::F32 : quant::Type::F16; }
-    size_t bytes() const { return 2 * elem_ * n_elems_; }
+    quant::Type type() const { return type_; }
+    size_t bytes() const { return 2 * n_bytes_; }  // keys and values
+
+    // One position of one layer in the storage encoding, all KV heads: row_bytes() for the keys
+    // and as many for the values (head-major values of the type; q8_0 blocks). For saving and
+    // restoring a cache: get then set gives back the same bits.
+    size_t row_bytes() const { return row_bytes_; }
+    void get_row(int64_t layer, int64_t pos, uint8_t* k, uint8_t* v) const;
+    void set_row(int64_t layer, int64_t pos, const uint8_t* k, const uint8_t* v);
 
     // Stores the keys and values (n_head_kv * head_dim each, head-major) of position `pos`.
     void write(int64_t layer, int64_t pos, const float* k, const float* v);
@@ -65,14 +75,19 @@ private:
         return size_t(((layer * n_head_kv_ + kvh) * n_tiles_ * kTile + pos) * head_dim_);
     }
 
+    // q8_0: the row of (layer, pos).
+    size_t q_offset(int64_t layer, int64_t pos) const { return size_t(layer * n_tiles_ * kTile + pos) * row_bytes_; }
+
     int64_t n_layer_, n_ctx_, n_head_kv_, head_dim_, n_tiles_;
+    quant::Type type_;
     bool f32_;
-    size_t elem_;     // bytes per value
-    size_t n_elems_;  // values per cache (keys or values)
+    size_t row_bytes_;  // bytes of one position's keys (or values), all heads, one layer
+    size_t n_bytes_;    // bytes of the keys (or of the values)
     // One pair is allocated, per the type. Not value-initialised: pages are touched only as
     // positions are written.
     std::unique_ptr<float[]> kf_, vf_;
     std::unique_ptr<uint16_t[]> kh_, vh_;
+    std::unique_ptr<uint8_t[]> kq_, vq_;
 };
 
 }  // namespace edgellm

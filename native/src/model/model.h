@@ -43,11 +43,28 @@ public:
     virtual uint64_t size() const = 0;      // bytes of tensor data in the file
 };
 
+// Element type of the KV cache: f16 (the default), f32 (exact; twice the memory), q8_0 (about
+// half of f16; blocks of 32 int8 values with an f16 scale).
+enum class KvType : uint32_t { F16 = 0, F32 = 1, Q8_0 = 2 };
+
 struct ContextParams {
     uint32_t n_ctx = 0;    // 0: the model's training context
     uint32_t n_batch = 512;
     int32_t n_threads = 0;  // 0: all cores
-    bool kv_f32 = false;    // KV cache in f32 (exact; twice the memory) instead of f16
+    KvType kv_type = KvType::F16;
+};
+
+// Who a saved state belongs to: a context refuses a state file saved for another model (by
+// identity: a hash of the model file's header and a sample of every tensor's bytes).
+struct StateOwner {
+    uint64_t model_id = 0;
+    std::string model_path;  // for messages
+};
+
+// Thrown when a state file cannot be used: unreadable, corrupt, truncated, or saved for another
+// model or context shape (the message names the file and the field).
+struct StateError : Error {
+    using Error::Error;
 };
 
 class Context {
@@ -65,6 +82,20 @@ public:
     virtual const float* logits() const = 0;  // n_logit_rows() x n_vocab, row-major; nullptr before eval
     virtual size_t n_logit_rows() const = 0;
     virtual void truncate(uint32_t n_past) = 0;  // n_past <= this->n_past()
+
+    // The tokens in the cache, in order (n_past of them).
+    virtual const std::vector<int32_t>& tokens() const = 0;
+    // Tokens run through the forward pass since the context was made (cache reuse shows here).
+    virtual uint64_t n_evaluated() const = 0;
+    virtual size_t kv_bytes() const = 0;  // keys and values, every layer and position
+    virtual KvType kv_type() const = 0;
+
+    // Writes the cached tokens, their keys and values and the last logits row to `path` (a
+    // temporary file renamed into place: never a partial file). Throws StateError.
+    virtual void save_state(const std::string& path, const StateOwner& owner) const = 0;
+    // Replaces the cache with a saved one. Everything is checked (format, checksum, model identity,
+    // n_ctx, KV type and shape) before the cache is touched: on any throw (StateError) it is as before.
+    virtual void load_state(const std::string& path, const StateOwner& owner) = 0;
 };
 
 }  // namespace edgellm

@@ -278,4 +278,52 @@ int32_t Sampler::sample(const float* logits) {
     return draw();
 }
 
+void Sampler::distribution(const float* logits, std::vector<TokenProb>& out) {
+    out.clear();
+    if (logits == nullptr) throw Error("sampler: logits: null pointer");
+    load(logits);
+    if (params_.temperature == 0.0f) {
+        out.push_back({argmax(), 1.0});
+        return;
+    }
+    select_top_k();
+    apply_top_p();
+    apply_min_p();
+    const double t = params_.temperature;
+    double lmax = -std::numeric_limits<double>::infinity();
+    for (const Candidate& c : cand_) lmax = std::max<double>(lmax, c.logit);
+    double z = 0;
+    for (const Candidate& c : cand_) {
+        const double w = std::exp((c.logit - lmax) / t);
+        if (w > 0) {
+            out.push_back({c.id, w});
+            z += w;
+        }
+    }
+    for (TokenProb& tp : out) tp.p /= z;
+}
+
+int32_t Sampler::draw_from(const std::vector<TokenProb>& weights) {
+    double z = 0;
+    for (const TokenProb& tp : weights)
+        if (tp.p > 0) z += tp.p;
+    if (!(z > 0)) throw Error("sampler: draw: no token has a positive weight");
+    const double u = rng_.next_double() * z;
+    double cum = 0;
+    int32_t last = -1;
+    for (const TokenProb& tp : weights) {
+        if (!(tp.p > 0)) continue;
+        cum += tp.p;
+        last = tp.id;
+        if (cum > u) return tp.id;
+    }
+    return last;  // u landed past the rounded total
+}
+
+Sampler Sampler::fork(uint64_t seed) const {
+    Sampler s(*this);
+    s.rng_.seed_with(seed);
+    return s;
+}
+
 }  // namespace edgellm

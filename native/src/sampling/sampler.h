@@ -36,6 +36,12 @@ private:
     uint64_t s_[4];
 };
 
+// One token's probability in a distribution.
+struct TokenProb {
+    int32_t id;
+    double p;
+};
+
 class Sampler {
 public:
     // Throws edgellm::Error naming the field for out-of-range parameters ("top_p: 1.5 is outside (0, 1]").
@@ -45,6 +51,19 @@ public:
     int32_t sample(const float* logits);  // one row of n_vocab logits, not modified
     void accept(int32_t token);           // tokens outside [0, n_vocab) are not recorded
     void reset();
+
+    // For speculative decoding:
+    // The distribution sample() draws from for this row (penalties from the current history):
+    // {argmax, 1} when greedy, else the candidates the filters keep with their tempered,
+    // normalised probabilities (zero weights dropped). Same validation as sample().
+    void distribution(const float* logits, std::vector<TokenProb>& out);
+    // Draws an id from weights (need not be normalised; at least one positive) with this stream.
+    int32_t draw_from(const std::vector<TokenProb>& weights);
+    double uniform() { return rng_.next_double(); }  // [0, 1) from this stream
+    uint64_t next_seed() { return rng_.next_u64(); }
+    // A copy (history included) with its own random stream.
+    Sampler fork(uint64_t seed) const;
+    bool greedy() const { return params_.temperature == 0.0f; }
 
     const SamplerParams& params() const { return params_; }
     int32_t n_vocab() const { return n_vocab_; }

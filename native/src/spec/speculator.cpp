@@ -1,0 +1,184 @@
+// Speculative decoding (see speculator.h).
+#include "spec/speculator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace edgellm {
+
+namespace {
+
+// The top probability of a softmax over one row of logits (temperature 1, no filters).
+float top_probability(const float* row, int32_t n) {
+    float mx = row[0];
+    for (int32_t i = 1; i < n; ++i) mx = std::max(mx, row[i]);
+    double z = 0;
+    for (int32_t i = 0; i < n; ++i) z += std::exp(double(row[i]) - mx);
+    return float(1.0 / z);
+}
+
+double prob_of(const std::vector<TokenProb>& d, int32_t id) {
+    for (const TokenProb& tp : d)
+        if (tp.id == id) return tp.p;
+    return 0.0;
+}
+
+}  // namespace
+
+Speculator::Speculator(Context& target, Context* draft, int32_t n_vocab, const SpecParams& params, IsEog is_eog)
+    : target_(target), draft_(draft), p_(params), is_eog_(std::move(is_eog)), n_vocab_(n_vocab) {
+    if (p_.draft_max < 1 || p_.draft_max > 64)
+        throw Error("draft_max: " + std::to_string(p_.draft_max) + " is outside [1, 64]");
+    if (p_.draft_min < 0 || p_.draft_min > p_.draft_max)
+        throw Error("draft_min: " + std::to_string(p_.draft_min) + " is outside [0, draft_max]");
+    if (!(p_.p_min >= 0.0f && p_.p_min <= 1.0f)) throw Error("p_min: must be in [0, 1]");
+    if (p_.ngram_min < 1 || p_.ngram_max < p_.ngram_min || p_.ngram_max > 64)
+        throw Error("ngram_min, ngram_max: need 1 <= ngram_min <= ngram_max <= 64");
+    if (n_vocab_ <= 0) throw Error("n_vocab: must be positive");
+    k_ = p_.draft_max;
+}
+
+void Speculator::propose_lookup(const std::vector<int32_t>& seq, size_t k) {
+    const size_t len = seq.size();
+    for (size_t n = std::min<size_t>(size_t(p_.ngram_max), len - 1); n >= size_t(p_.ngram_min); --n) {
+        const int32_t* key = seq.data() + (len - n);
+        // most recent earlier occurrence first; its continuation starts at start + n < len
+        for (size_t start = len - n; start-- > 0;) {
+            if (seq[start] != key[0] || !std::equal(key, key + n, seq.data() + start)) continue;
+            const size_t from = start + n, to = std::min(len, from + k);
+            drafts_.assign(seq.begin() + std::ptrdiff_t(from), seq.begin() + std::ptrdiff_t(to));
+            return;
+        }
+        if (n == 1) break;
+    }
+}
+
+void Speculator::propose_draft(Sampler& smpl, const std::vector<int32_t>& seq, size_t k) {
+    Context& d = *draft_;
+    // Bring the draft's cache to seq, reusing the common prefix.
+    const std::vector<int32_t>& have = d.tokens();
+    size_t common = 0;
+    while (common < have.size() && common < seq.size() && have[common] == seq[common]) ++common;
+    common = std::min(common, seq.size() - 1);
+    if (seq.size() > d.n_ctx()) return;
+    d.truncate(uint32_t(common));
+    d.eval(seq.data() + common, seq.size() - common, false);
+
+    Sampler ds = smpl.fork(smpl.greedy() ? 0 : smpl.next_seed());
+    const bool sampled = !smpl.greedy();
+    for (size_t i = 0; i < k; ++i) {
+        const float* row = d.logits();
+        if (top_probability(row, n_vocab_) < p_.p_min) break;
+        int32_t x;
+        if (sampled) {
+            if (q_.size() <= i) q_.emplace_back();
+            ds.distribution(row, q_[i]);
+            x = ds.draw_from(q_[i]);
+        } else {
+            x = ds.sample(row);
+        }
+        ds.accept(x);
+        drafts_.push_back(x);
+        if (is_eog_(x) || i + 1 == k || d.n_past() + 1 > d.n_ctx()) break;
+        d.eval(&x, 1, false);
+    }
+    q_used_ = sampled;
+}
+
+// A sampling draft's token i against the target's row: accepted with probability min(1, p/q),
+// else a token drawn from max(0, p - q).
+int32_t Speculator::verify_sampled(Sampler& smpl, const float* row, size_t i, bool* accepted) {
+    const int32_t x = drafts_[i];
+    const std::vector<TokenProb>& q = q_[i];
+    smpl.distribution(row, p_dist_);
+    const double px = prob_of(p_dist_, x), qx = prob_of(q, x);
+    if (qx > 0 && smpl.uniform() * qx < px) {
+        *accepted = true;
+        return x;
+    }
+    *accepted = false;
+    if (q_dense_.size() != size_t(n_vocab_)) q_dense_.assign(size_t(n_vocab_), 0.0);
+    for (const TokenProb& tp : q) q_dense_[size_t(tp.id)] = tp.p;
+    resid_.clear();
+    for (const TokenProb& tp : p_dist_) {
+        const double r = tp.p - q_dense_[size_t(tp.id)];
+        if (r > 0) resid_.push_back({tp.id, r});
+    }
+    for (const TokenProb& tp : q) q_dense_[size_t(tp.id)] = 0.0;
+    return smpl.draw_from(resid_.empty() ? p_dist_ : resid_);
+}
+
+void Speculator::step(Sampler& smpl, int32_t pending, size_t n_max, std::vector<int32_t>& out) {
+    if (n_max == 0) throw Error("speculative step: n_max must be at least 1");
+    const uint32_t n0 = target_.n_past(), n_ctx = target_.n_ctx();
+    if (n0 >= n_ctx)
+        throw ContextFull("context full: " + std::to_string(n0) + " cached tokens fill n_ctx " + std::to_string(n_ctx));
+    const size_t room = n_ctx - n0;  // pending takes one
+    const size_t k = std::min({size_t(k_), n_max - 1, room - 1});
+
+    drafts_.clear();
+    q_used_ = false;
+    if (k > 0) {
+        seq_ = target_.tokens();
+        seq_.push_back(pending);
+        if (draft_) {
+            try {
+                propose_draft(smpl, seq_, k);
+            } catch (const ContextFull&) {
+                // the draft's context is full: verify what was drafted
+            }
+        } else {
+            propose_lookup(seq_, k);
+        }
+    }
+    const size_t nd = drafts_.size();
+    try {
+        verify(smpl, pending, n0, out);
+    } catch (...) {
+        if (target_.n_past() > n0) target_.truncate(n0);  // as before the step
+        throw;
+    }
+}
+
+void Speculator::verify(Sampler& smpl, int32_t pending, uint32_t n0, std::vector<int32_t>& out) {
+    const size_t nd = drafts_.size();
+    batch_.assign(1, pending);
+    batch_.insert(batch_.end(), drafts_.begin(), drafts_.end());
+    target_.eval(batch_.data(), batch_.size(), true);
+    const float* rows = target_.logits();
+
+    size_t n_out = 0, n_acc = 0;
+    for (size_t i = 0; i <= nd; ++i) {
+        const float* row = rows + i * size_t(n_vocab_);
+        bool accepted;
+        int32_t t;
+        if (i < nd && q_used_) {
+            t = verify_sampled(smpl, row, i, &accepted);
+        } else {
+            t = smpl.sample(row);
+            accepted = i < nd && t == drafts_[i];
+        }
+        smpl.accept(t);
+        out.push_back(t);
+        ++n_out;
+        if (!accepted) break;
+        ++n_acc;
+        if (is_eog_(t)) break;
+    }
+    // keep pending and every token out but the last
+    target_.truncate(n0 + uint32_t(n_out));
+
+    ++stats_.steps;
+    stats_.drafted += nd;
+    stats_.accepted += n_acc;
+    if (nd > 0) {
+        if (n_acc == nd)
+            k_ = std::min(p_.draft_max, k_ + 2);
+        else
+            k_ = std::max(p_.draft_min, int32_t(n_acc) + 1);
+        k_ = std::max(k_, 1);
+    }
+}
+
+}  // namespace edgellm

@@ -1,0 +1,82 @@
+// Speculative decoding: draft tokens cheaply, verify them all in one batched pass of the target.
+//
+// Drafts come from a small draft model with the same vocabulary (its own context, kept in step
+// with the target's tokens by prefix reuse) or, without one, from prompt lookup: the longest
+// recent n-gram of the context that occurred before, continued as it continued then.
+//
+// Verification keeps the target's distribution exactly:
+//   - greedy, and every deterministic draft (lookup; a greedy draft model): the target samples
+//     each position itself and keeps going while it picks the drafted token. Greedy output is the
+//     target's plain greedy output, bit for bit (a batched pass gives the same logits as decoding
+//     token by token, see model/attention.cpp and ops/matmul.cpp).
+//   - a sampling draft model: token x drafted from q is accepted with probability min(1, p(x)/q(x));
+//     on rejection the token is drawn from max(0, p - q), normalised.
+// The draft length adapts: it grows by 2 after a step that accepted every drafted token and
+// falls to one more than the accepted count after a rejection.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "model/model.h"
+#include "sampling/sampler.h"
+
+namespace edgellm {
+
+struct SpecParams {
+    int32_t draft_max = 8;  // most tokens drafted per step
+    int32_t draft_min = 1;  // the adaptive length never falls below this
+    float p_min = 0.5f;     // draft model: stop drafting when its top probability is below this
+    int32_t ngram_min = 1;  // prompt lookup: n-gram lengths tried, longest first
+    int32_t ngram_max = 4;
+};
+
+struct SpecStats {
+    uint64_t steps = 0;     // target passes
+    uint64_t drafted = 0;   // tokens proposed
+    uint64_t accepted = 0;  // proposed tokens the target kept
+};
+
+class Speculator {
+public:
+    using IsEog = std::function<bool(int32_t)>;
+
+    // draft: nullptr for prompt lookup. Both contexts must outlive the speculator. Throws Error
+    // naming the field for bad parameters.
+    Speculator(Context& target, Context* draft, int32_t n_vocab, const SpecParams& params, IsEog is_eog);
+
+    // One step. `pending` is the last chosen token (already accepted by smpl), not yet in the
+    // target's cache. Evaluates pending plus up to draft_max drafted tokens in one target pass and
+    // appends to `out` the tokens chosen: the accepted drafts, then the target's own token; at most
+    // n_max (>= 1) of them, ending early after an end-of-generation token. Each is accepted by smpl.
+    // Afterwards the target's cache holds pending and every token out except the last (the new
+    // pending). ContextFull when the cache has no room for pending (nothing evaluated).
+    void step(Sampler& smpl, int32_t pending, size_t n_max, std::vector<int32_t>& out);
+
+    const SpecStats& stats() const { return stats_; }
+    int32_t draft_len() const { return k_; }
+
+private:
+    void propose_lookup(const std::vector<int32_t>& seq, size_t k);
+    void propose_draft(Sampler& smpl, const std::vector<int32_t>& seq, size_t k);
+    void verify(Sampler& smpl, int32_t pending, uint32_t n0, std::vector<int32_t>& out);
+    int32_t verify_sampled(Sampler& smpl, const float* row, size_t i, bool* accepted);
+
+    Context& target_;
+    Context* draft_;
+    SpecParams p_;
+    IsEog is_eog_;
+    int32_t n_vocab_ = 0;
+    int32_t k_;  // current draft length
+    SpecStats stats_;
+    // per step
+    std::vector<int32_t> seq_, drafts_, batch_;
+    std::vector<std::vector<TokenProb>> q_;  // a sampling draft's distributions, per drafted token
+    bool q_used_ = false;
+    std::vector<TokenProb> p_dist_, resid_;
+    std::vector<double> q_dense_;
+};
+
+}  // namespace edgellm
