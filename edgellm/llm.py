@@ -284,7 +284,10 @@ class LLM:
         self._context().load_state(os.fspath(path))
 
     def reset(self) -> None:
+        """Empties the KV cache (the draft model's too)."""
         self.truncate(0)
+        if self._draft_ctx is not None:
+            self._draft_ctx.truncate(0)
 
     def last_logits(self) -> np.ndarray:
         """Logits of the last evaluation (rows x n_vocab)."""

@@ -134,7 +134,7 @@ def test_tiny_speculative_respects_max_tokens_and_stop(tiny_pair):
 def test_sampled_speculative_is_deterministic_per_seed(tiny_pair):
     target, draft = tiny_pair
     with LLM(target, n_ctx=256, n_threads=1, draft_model=draft) as llm:
-        kw = dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.0, seed=11)
+        kw = {"temperature": 0.9, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": 11}
         a = llm.generate(TINY_PROMPTS[0], 30, speculative="draft", **kw)
         b = llm.generate(TINY_PROMPTS[0], 30, speculative="draft", **kw)
         assert a == b
@@ -187,7 +187,7 @@ def test_sampled_draft_keeps_the_target_distribution(convert_tiny):
             llm.truncate(len(prompt) - 1)
             out = spec.step(sampler._s, prompt[-1], 5)
             counts[out[0]] += 1
-        steps, drafted, accepted = spec.stats()
+        _, drafted, accepted = spec.stats()
     assert drafted > 0 and 0 < accepted < drafted  # both the accept and the resample branch ran
     # The test can fail: the draft's distribution is far from the target's.
     assert chi_square_p(counts, q) < 1e-6, chi_square_p(counts, q)
@@ -211,7 +211,8 @@ def test_bad_speculative_arguments(tiny_pair):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgellm", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "edgellm", *args], capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def test_cli_run_lookup_and_draft_report_drafted_tokens():

@@ -63,14 +63,57 @@ void quantize_q8(const float* x, uint8_t* out) {
     }
 }
 
-// Values [first, first + n) of a q8_0 row as floats, written to dst[i * stride].
-void dequant_q8(const uint8_t* row, int64_t first, int64_t n, float* dst, int64_t stride) {
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t j = first + i;
+// One whole q8_0 block (32 values) as floats.
+void q8_block_plain(const uint8_t* blk, float* dst) {
+    uint16_t dh;
+    std::memcpy(&dh, blk, 2);
+    const float d = half_to_float(dh);
+    const auto* q = reinterpret_cast<const int8_t*>(blk + 2);
+    for (int64_t i = 0; i < kQ8; ++i) dst[i] = d * float(q[i]);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"))) void q8_block_avx2(const uint8_t* blk, float* dst) {
+    uint16_t dh;
+    std::memcpy(&dh, blk, 2);
+    const __m256 d = _mm256_set1_ps(half_to_float(dh));
+    for (int i = 0; i < 32; i += 8) {
+        const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + i));
+        _mm256_storeu_ps(dst + i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8))));
+    }
+}
+#endif
+
+using Q8BlockFn = void (*)(const uint8_t*, float*);
+
+Q8BlockFn pick_q8_block() {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2")) return q8_block_avx2;
+#endif
+    return q8_block_plain;
+}
+
+// Values [first, first + n) of a q8_0 row as floats into dst: whole blocks at once (the usual case,
+// heads aligned to blocks), a partial block value by value.
+void dequant_q8(const uint8_t* row, int64_t first, int64_t n, float* dst) {
+    static const Q8BlockFn block = pick_q8_block();
+    int64_t j = first;
+    const int64_t end = first + n;
+    while (j < end) {
         const uint8_t* blk = row + size_t(j / kQ8) * kQ8Bytes;
+        if (j % kQ8 == 0 && end - j >= kQ8) {
+            block(blk, dst);
+            dst += kQ8;
+            j += kQ8;
+            continue;
+        }
         uint16_t dh;
         std::memcpy(&dh, blk, 2);
-        dst[i * stride] = half_to_float(dh) * float(reinterpret_cast<const int8_t*>(blk + 2)[j % kQ8]);
+        const float d = half_to_float(dh);
+        const auto* q = reinterpret_cast<const int8_t*>(blk + 2);
+        const int64_t stop = std::min(end, (j / kQ8 + 1) * kQ8);
+        for (int64_t i = j % kQ8; j < stop; ++j, ++i) *dst++ = d * float(q[i]);
     }
 }
 
@@ -148,13 +191,19 @@ void KvCache::write(int64_t layer, int64_t pos, const float* k, const float* v) 
 const float* KvCache::keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, float* buf) const {
     const int64_t cols = std::min<int64_t>(kTile, (n + 15) / 16 * 16);
     if (type_ == quant::Type::Q8_0) {
+        // Each position's keys dequantize contiguously, then scatter into the transposed tile.
         // Positions past n (up to cols) are read too: their values are ignored by the caller, and
         // zeroing them keeps garbage scales out of the arithmetic.
-        for (int64_t j = 0; j < cols; ++j) {
-            if (j < n)
-                dequant_q8(kq_.get() + q_offset(layer, tile * kTile + j), kvh * head_dim_, head_dim_, buf + j, kTile);
-            else
-                for (int64_t d = 0; d < head_dim_; ++d) buf[d * kTile + j] = 0.0f;
+        float row[512];
+        for (int64_t d0 = 0; d0 < head_dim_; d0 += 512) {
+            const int64_t nd = std::min<int64_t>(512, head_dim_ - d0);
+            for (int64_t j = 0; j < cols; ++j) {
+                if (j < n)
+                    dequant_q8(kq_.get() + q_offset(layer, tile * kTile + j), kvh * head_dim_ + d0, nd, row);
+                else
+                    std::fill(row, row + nd, 0.0f);
+                for (int64_t d = 0; d < nd; ++d) buf[(d0 + d) * kTile + j] = row[d];
+            }
         }
         return buf;
     }
@@ -168,7 +217,7 @@ const float* KvCache::keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, 
 const float* KvCache::values(int64_t layer, int64_t kvh, int64_t pos, int64_t n, float* buf) const {
     if (type_ == quant::Type::Q8_0) {
         for (int64_t j = 0; j < n; ++j)
-            dequant_q8(vq_.get() + q_offset(layer, pos + j), kvh * head_dim_, head_dim_, buf + j * head_dim_, 1);
+            dequant_q8(vq_.get() + q_offset(layer, pos + j), kvh * head_dim_, head_dim_, buf + j * head_dim_);
         return buf;
     }
     const size_t o = v_offset(layer, kvh, pos);
