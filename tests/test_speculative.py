@@ -87,7 +87,8 @@ def test_smollm2_draft_and_lookup_accept_tokens(smollm2_pair):
     llm.reset()
     llm.chat(SMOLLM2_PROMPTS[1], 48, temperature=0, speculative="lookup")
     lookup = llm.last_stats
-    assert lookup.accepted_tokens > 5, lookup  # the sentence is copied from the prompt
+    # the sentence is copied from the prompt: a good share of the reply comes from accepted drafts
+    assert lookup.accepted_tokens >= max(3, lookup.generated_tokens // 4), lookup
     # accepted drafts save target passes: fewer evaluations than tokens would need one by one
     assert lookup.evaluated_tokens >= lookup.prompt_tokens
 

@@ -441,7 +441,7 @@ void bind_llm(py::module_& m) {
     py::class_<PySpeculator>(m, "Speculator")
         .def(py::init<py::object, py::object, int32_t, int32_t, float, int32_t, int32_t>(), py::arg("target"),
              py::arg("draft"), py::arg("draft_max") = 8, py::arg("draft_min") = 1, py::arg("p_min") = 0.5f,
-             py::arg("ngram_min") = 1, py::arg("ngram_max") = 4)
+             py::arg("ngram_min") = 3, py::arg("ngram_max") = 4)
         .def("step", &PySpeculator::step, py::arg("sampler"), py::arg("pending"), py::arg("n_max"))
         .def("stats", &PySpeculator::stats);
 

@@ -29,7 +29,8 @@ struct SpecParams {
     int32_t draft_max = 8;  // most tokens drafted per step
     int32_t draft_min = 1;  // the adaptive length never falls below this
     float p_min = 0.5f;     // draft model: stop drafting when its top probability is below this
-    int32_t ngram_min = 1;  // prompt lookup: n-gram lengths tried, longest first
+    int32_t ngram_min = 3;  // prompt lookup: n-gram lengths tried, longest first (shorter ones
+                            // match too often by chance: their drafts mostly fail)
     int32_t ngram_max = 4;
 };
 
