@@ -85,20 +85,6 @@ def _check_sampling(temperature: float, top_k: int, top_p: float, min_p: float, 
             raise InvalidArgumentError(f"{name}={value!r}: must be {want}")
 
 
-def _reuse_prefix(ctx: Any, ids: list[int]) -> int:
-    """Brings a context to ids: keeps the longest cached prefix (at least one token is evaluated, for its
-    logits) and evaluates the rest. Returns the count kept."""
-    common = 0
-    for a, b in zip(ctx.tokens(), ids):
-        if a != b:
-            break
-        common += 1
-    common = min(common, len(ids) - 1)
-    ctx.truncate(common)
-    ctx.eval(ids[common:], False)
-    return common
-
-
 class Sampler:
     """The native sampler chain over one row of logits (penalties, top-k, top-p, min-p, temperature)."""
 
@@ -381,9 +367,9 @@ class LLM:
         if len(ids) >= ctx.n_ctx:
             raise ContextFullError(f"the prompt has {len(ids)} tokens; the context holds {ctx.n_ctx} "
                                    f"(n_ctx), leaving no room to generate")
-        common = _reuse_prefix(ctx, ids)
+        common = ctx.prefill(ids)
         if draft:
-            _reuse_prefix(self._draft_ctx, ids)
+            self._draft_ctx.prefill(ids)
         return common
 
     def _speculator(self, speculative: str | None) -> tuple[Any, str | None]:

@@ -211,6 +211,12 @@ EDGELLM_API const float* edgellm_context_logits(const edgellm_context* ctx, size
 /* Forgets cached tokens from position n_past on (n_past <= edgellm_context_n_past): rewinding is
  * free, and evaluating after it gives the same logits as evaluating from scratch. */
 EDGELLM_API edgellm_status edgellm_context_truncate(edgellm_context* ctx, uint32_t n_past);
+/* Brings the cache to exactly tokens[0, n): keeps the longest prefix already cached (at most n - 1
+ * tokens, so the last one is evaluated and its logits are there) and evaluates the rest; *n_reused
+ * (may be NULL) receives the count kept. The next chat turn or a repeated system prompt costs only
+ * its new tokens. CONTEXT_FULL (the cache untouched) when n > n_ctx. */
+EDGELLM_API edgellm_status edgellm_context_prefill(edgellm_context* ctx, const edgellm_token* tokens, size_t n,
+                                                   size_t* n_reused);
 /* The tokens in the cache, in order (n_past of them), under the capacity convention. */
 EDGELLM_API edgellm_status edgellm_context_tokens(const edgellm_context* ctx, edgellm_token* tokens, size_t n_max,
                                                   size_t* n_out);

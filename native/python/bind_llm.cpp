@@ -179,6 +179,18 @@ public:
         return out;
     }
 
+    size_t prefill(const std::vector<int32_t>& tokens) {
+        edgellm_context* c = get();
+        size_t kept = 0;
+        edgellm_status st;
+        {
+            py::gil_scoped_release nogil;
+            st = edgellm_context_prefill(c, tokens.data(), tokens.size(), &kept);
+        }
+        check(st);
+        return kept;
+    }
+
     std::vector<int32_t> tokens() const {
         size_t n = 0;
         edgellm_context_tokens(get(), nullptr, 0, &n);
@@ -421,6 +433,7 @@ void bind_llm(py::module_& m) {
         .def("eval", &PyContext::eval, py::arg("tokens"), py::arg("logits_all") = false)
         .def("logits", &PyContext::logits)
         .def("truncate", [](PyContext& c, uint32_t n) { check(edgellm_context_truncate(c.get(), n)); })
+        .def("prefill", &PyContext::prefill, py::arg("tokens"))
         .def("tokens", &PyContext::tokens)
         .def_property_readonly("n_evaluated", [](const PyContext& c) { return edgellm_context_n_evaluated(c.get()); })
         .def_property_readonly("kv_bytes", [](const PyContext& c) { return edgellm_context_kv_bytes(c.get()); })

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
 #include <vector>
@@ -31,7 +32,9 @@ struct edgellm_model {
     std::string arch;
     uint64_t n_params = 0;
     uint64_t size = 0;
-    uint64_t identity = 0;  // the model's identity for saved states
+    // The model's identity for saved states, computed on first use (model_identity).
+    mutable std::once_flag identity_once;
+    mutable uint64_t identity = 0;
 };
 
 struct edgellm_context {
@@ -78,6 +81,8 @@ edgellm_status guarded(edgellm_status generic, Fn&& fn) {
         return fail(EDGELLM_STATUS_UNSUPPORTED, e.what());
     } catch (const gguf::Error& e) {
         return fail(EDGELLM_STATUS_INVALID_FILE, e.what());
+    } catch (const StateError& e) {
+        return fail(e.io ? EDGELLM_STATUS_IO : EDGELLM_STATUS_INVALID_FILE, e.what());
     } catch (const Error& e) {
         return fail(generic, e.what());
     } catch (const std::bad_alloc&) {
@@ -121,6 +126,7 @@ uint64_t model_identity(const gguf::Reader& f) {
 }
 
 StateOwner owner_of(const edgellm_model* m) {
+    std::call_once(m->identity_once, [m] { m->identity = model_identity(*m->file); });
     return StateOwner{m->identity, m->file->path()};
 }
 
@@ -206,7 +212,6 @@ edgellm_status edgellm_model_load(const char* path, const edgellm_model_params* 
         }
         if (!p.vocab_only) {
             m->model = Model::load(f);
-            m->identity = model_identity(f);
             if (m->model->n_vocab() != m->tokenizer->n_vocab())
                 throw gguf::Error(f.path() + ": token_embd.weight: " + std::to_string(m->model->n_vocab()) +
                                   " rows, but tokenizer.ggml.tokens has " +
@@ -400,37 +405,34 @@ edgellm_status edgellm_context_tokens(const edgellm_context* c, edgellm_token* t
 uint64_t edgellm_context_n_evaluated(const edgellm_context* c) { return c ? c->ctx->n_evaluated() : 0; }
 uint64_t edgellm_context_kv_bytes(const edgellm_context* c) { return c ? c->ctx->kv_bytes() : 0; }
 
-namespace {
-
-edgellm_status state_io(const char* fn, const char* path, const std::function<void()>& run) {
-    if (!path) return null_arg(fn, "path");
-    try {
-        g_last_error.clear();
-        run();
-        return EDGELLM_STATUS_OK;
-    } catch (const StateError& e) {
-        const std::string msg = e.what();
-        const bool io = msg.find("cannot read") != std::string::npos || msg.find("cannot write") != std::string::npos;
-        return fail(io ? EDGELLM_STATUS_IO : EDGELLM_STATUS_INVALID_FILE, msg);
-    } catch (const std::bad_alloc&) {
-        return fail(EDGELLM_STATUS_OUT_OF_MEMORY, std::string("state file ") + path + ": out of memory");
-    } catch (const std::exception& e) {
-        return fail(EDGELLM_STATUS_INTERNAL, std::string("internal error: ") + e.what());
-    } catch (...) {
-        return fail(EDGELLM_STATUS_INTERNAL, "internal error");
-    }
-}
-
-}  // namespace
-
 edgellm_status edgellm_context_save_state(const edgellm_context* c, const char* path) {
     if (!c) return null_arg("edgellm_context_save_state", "ctx");
-    return state_io("edgellm_context_save_state", path, [&] { c->ctx->save_state(path, owner_of(c->model)); });
+    if (!path) return null_arg("edgellm_context_save_state", "path");
+    return guarded(EDGELLM_STATUS_INTERNAL, [&] {
+        c->ctx->save_state(path, owner_of(c->model));
+        return EDGELLM_STATUS_OK;
+    });
 }
 
 edgellm_status edgellm_context_load_state(edgellm_context* c, const char* path) {
     if (!c) return null_arg("edgellm_context_load_state", "ctx");
-    return state_io("edgellm_context_load_state", path, [&] { c->ctx->load_state(path, owner_of(c->model)); });
+    if (!path) return null_arg("edgellm_context_load_state", "path");
+    return guarded(EDGELLM_STATUS_INTERNAL, [&] {
+        c->ctx->load_state(path, owner_of(c->model));
+        return EDGELLM_STATUS_OK;
+    });
+}
+
+edgellm_status edgellm_context_prefill(edgellm_context* c, const edgellm_token* tokens, size_t n, size_t* n_reused) {
+    if (n_reused) *n_reused = 0;
+    if (!c) return null_arg("edgellm_context_prefill", "ctx");
+    if (n == 0) return fail(EDGELLM_STATUS_INVALID_ARGUMENT, "edgellm_context_prefill: no tokens");
+    if (!tokens) return null_arg("edgellm_context_prefill", "tokens");
+    return guarded(EDGELLM_STATUS_INVALID_ARGUMENT, [&] {
+        const size_t kept = c->ctx->prefill(tokens, n);
+        if (n_reused) *n_reused = kept;
+        return EDGELLM_STATUS_OK;
+    });
 }
 
 // ---------------------------------------------------------------- sampler

@@ -22,6 +22,7 @@ public:
     const float* logits() const override { return n_logit_rows_ ? logits_.data() : nullptr; }
     size_t n_logit_rows() const override { return n_logit_rows_; }
     void truncate(uint32_t n_past) override;
+    size_t prefill(const int32_t* tokens, size_t n) override;
     const std::vector<int32_t>& tokens() const override { return tokens_; }
     uint64_t n_evaluated() const override { return n_evaluated_; }
     size_t kv_bytes() const override { return cache_.bytes(); }
@@ -160,6 +161,18 @@ void ContextImpl::truncate(uint32_t n_past) {
     n_past_ = n_past;
     tokens_.resize(n_past);
     n_logit_rows_ = 0;
+}
+
+size_t ContextImpl::prefill(const int32_t* tokens, size_t n) {
+    if (n == 0) throw Error("prefill: no tokens given");
+    if (n > size_t(n_ctx_))
+        throw ContextFull("context full: " + std::to_string(n) + " tokens exceed n_ctx " + std::to_string(n_ctx_));
+    size_t common = 0;
+    while (common < tokens_.size() && common < n && tokens_[common] == tokens[common]) ++common;
+    common = std::min(common, n - 1);
+    truncate(uint32_t(common));
+    eval(tokens + common, n - common, false);
+    return common;
 }
 
 StateShape ContextImpl::shape(const StateOwner& owner) const {

@@ -125,8 +125,7 @@ KvCache::KvCache(int64_t n_layer, int64_t n_ctx, int64_t n_head_kv, int64_t head
       n_head_kv_(n_head_kv),
       head_dim_(head_dim),
       n_tiles_((n_ctx + kTile - 1) / kTile),
-      type_(type),
-      f32_(type == quant::Type::F32) {
+      type_(type) {
     const int64_t n_embd_kv = n_head_kv * head_dim;
     if (type != quant::Type::F16 && type != quant::Type::F32 && type != quant::Type::Q8_0)
         throw Error("kv_type: the KV cache is stored as f16, f32 or q8_0, not type id " +
@@ -178,7 +177,7 @@ void KvCache::write(int64_t layer, int64_t pos, const float* k, const float* v) 
         const float* kh = k + h * head_dim_;
         const float* vh = v + h * head_dim_;
         const size_t ko = k_offset(layer, h, tile) + size_t(col), vo = v_offset(layer, h, pos);
-        if (f32_) {
+        if (type_ == quant::Type::F32) {
             for (int64_t d = 0; d < head_dim_; ++d) kf_[ko + size_t(d * kTile)] = kh[d];
             std::memcpy(vf_.get() + vo, vh, size_t(head_dim_) * sizeof(float));
         } else {
@@ -208,7 +207,7 @@ const float* KvCache::keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, 
         return buf;
     }
     const size_t o = k_offset(layer, kvh, tile);
-    if (f32_) return kf_.get() + o;
+    if (type_ == quant::Type::F32) return kf_.get() + o;
     for (int64_t d = 0; d < head_dim_; ++d)
         halves_to_floats(kh_.get() + o + size_t(d * kTile), buf + d * kTile, cols);
     return buf;
@@ -221,45 +220,41 @@ const float* KvCache::values(int64_t layer, int64_t kvh, int64_t pos, int64_t n,
         return buf;
     }
     const size_t o = v_offset(layer, kvh, pos);
-    if (f32_) return vf_.get() + o;
+    if (type_ == quant::Type::F32) return vf_.get() + o;
     halves_to_floats(vh_.get() + o, buf, n * head_dim_);
     return buf;
 }
 
-void KvCache::get_row(int64_t layer, int64_t pos, uint8_t* k, uint8_t* v) const {
+template <class Move>
+void KvCache::each_row_part(int64_t layer, int64_t pos, Move&& move) const {
     if (type_ == quant::Type::Q8_0) {
-        std::memcpy(k, kq_.get() + q_offset(layer, pos), row_bytes_);
-        std::memcpy(v, vq_.get() + q_offset(layer, pos), row_bytes_);
+        move(kq_.get() + q_offset(layer, pos), true, 0, row_bytes_);
+        move(vq_.get() + q_offset(layer, pos), false, 0, row_bytes_);
         return;
     }
-    const size_t elem = f32_ ? sizeof(float) : sizeof(uint16_t), head = size_t(head_dim_) * elem;
+    const bool f32 = type_ == quant::Type::F32;
+    const size_t elem = f32 ? sizeof(float) : sizeof(uint16_t), head = size_t(head_dim_) * elem;
+    auto* ks = f32 ? reinterpret_cast<uint8_t*>(kf_.get()) : reinterpret_cast<uint8_t*>(kh_.get());
+    auto* vs = f32 ? reinterpret_cast<uint8_t*>(vf_.get()) : reinterpret_cast<uint8_t*>(vh_.get());
     const int64_t tile = pos / kTile, col = pos % kTile;
     for (int64_t h = 0; h < n_head_kv_; ++h) {
         const size_t ko = k_offset(layer, h, tile) + size_t(col), vo = v_offset(layer, h, pos);
-        const uint8_t* ks = f32_ ? reinterpret_cast<const uint8_t*>(kf_.get()) : reinterpret_cast<const uint8_t*>(kh_.get());
-        const uint8_t* vs = f32_ ? reinterpret_cast<const uint8_t*>(vf_.get()) : reinterpret_cast<const uint8_t*>(vh_.get());
         for (int64_t d = 0; d < head_dim_; ++d)
-            std::memcpy(k + size_t(h) * head + size_t(d) * elem, ks + (ko + size_t(d * kTile)) * elem, elem);
-        std::memcpy(v + size_t(h) * head, vs + vo * elem, head);
+            move(ks + (ko + size_t(d * kTile)) * elem, true, size_t(h) * head + size_t(d) * elem, elem);
+        move(vs + vo * elem, false, size_t(h) * head, head);
     }
 }
 
+void KvCache::get_row(int64_t layer, int64_t pos, uint8_t* k, uint8_t* v) const {
+    each_row_part(layer, pos, [&](const uint8_t* cached, bool key, size_t off, size_t n) {
+        std::memcpy((key ? k : v) + off, cached, n);
+    });
+}
+
 void KvCache::set_row(int64_t layer, int64_t pos, const uint8_t* k, const uint8_t* v) {
-    if (type_ == quant::Type::Q8_0) {
-        std::memcpy(kq_.get() + q_offset(layer, pos), k, row_bytes_);
-        std::memcpy(vq_.get() + q_offset(layer, pos), v, row_bytes_);
-        return;
-    }
-    const size_t elem = f32_ ? sizeof(float) : sizeof(uint16_t), head = size_t(head_dim_) * elem;
-    const int64_t tile = pos / kTile, col = pos % kTile;
-    uint8_t* ks = f32_ ? reinterpret_cast<uint8_t*>(kf_.get()) : reinterpret_cast<uint8_t*>(kh_.get());
-    uint8_t* vs = f32_ ? reinterpret_cast<uint8_t*>(vf_.get()) : reinterpret_cast<uint8_t*>(vh_.get());
-    for (int64_t h = 0; h < n_head_kv_; ++h) {
-        const size_t ko = k_offset(layer, h, tile) + size_t(col), vo = v_offset(layer, h, pos);
-        for (int64_t d = 0; d < head_dim_; ++d)
-            std::memcpy(ks + (ko + size_t(d * kTile)) * elem, k + size_t(h) * head + size_t(d) * elem, elem);
-        std::memcpy(vs + vo * elem, v + size_t(h) * head, head);
-    }
+    each_row_part(layer, pos, [&](uint8_t* cached, bool key, size_t off, size_t n) {
+        std::memcpy(cached, (key ? k : v) + off, n);
+    });
 }
 
 }  // namespace edgellm

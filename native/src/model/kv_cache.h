@@ -75,12 +75,16 @@ private:
         return size_t(((layer * n_head_kv_ + kvh) * n_tiles_ * kTile + pos) * head_dim_);
     }
 
+    // Calls move(cache bytes, is key, offset in the packed row, byte count) for every piece of the
+    // keys and values of (layer, pos): get_row and set_row copy one way or the other.
+    template <class Move>
+    void each_row_part(int64_t layer, int64_t pos, Move&& move) const;
+
     // q8_0: the row of (layer, pos).
     size_t q_offset(int64_t layer, int64_t pos) const { return size_t(layer * n_tiles_ * kTile + pos) * row_bytes_; }
 
     int64_t n_layer_, n_ctx_, n_head_kv_, head_dim_, n_tiles_;
     quant::Type type_;
-    bool f32_;
     size_t row_bytes_;  // bytes of one position's keys (or values), all heads, one layer
     size_t n_bytes_;    // bytes of the keys (or of the values)
     // One pair is allocated, per the type. Not value-initialised: pages are touched only as

@@ -61,10 +61,12 @@ struct StateOwner {
     std::string model_path;  // for messages
 };
 
-// Thrown when a state file cannot be used: unreadable, corrupt, truncated, or saved for another
-// model or context shape (the message names the file and the field).
+// Thrown when a state file cannot be used (the message names the file and the field): io when it
+// cannot be read or written, otherwise its contents are unusable (corrupt, truncated, or saved for
+// another model or context shape).
 struct StateError : Error {
-    using Error::Error;
+    StateError(const std::string& message, bool io) : Error(message), io(io) {}
+    bool io;
 };
 
 class Context {
@@ -82,6 +84,10 @@ public:
     virtual const float* logits() const = 0;  // n_logit_rows() x n_vocab, row-major; nullptr before eval
     virtual size_t n_logit_rows() const = 0;
     virtual void truncate(uint32_t n_past) = 0;  // n_past <= this->n_past()
+    // Brings the cache to exactly tokens[0, n): keeps the longest cached prefix (at most n - 1
+    // tokens, so that the last one is evaluated and its logits are there) and evaluates the rest.
+    // Returns the count kept. ContextFull (the cache untouched) when n > n_ctx.
+    virtual size_t prefill(const int32_t* tokens, size_t n) = 0;
 
     // The tokens in the cache, in order (n_past of them).
     virtual const std::vector<int32_t>& tokens() const = 0;

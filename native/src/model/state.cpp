@@ -80,8 +80,14 @@ private:
     size_t fill_ = 0;
 };
 
+// The file's contents cannot be used.
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
-    throw StateError("state file " + path + ": " + what);
+    throw StateError("state file " + path + ": " + what, false);
+}
+
+// The file cannot be read or written.
+[[noreturn]] void io_fail(const std::string& path, const std::string& what) {
+    throw StateError("state file " + path + ": " + what, true);
 }
 
 struct FileCloser {
@@ -125,57 +131,55 @@ void write_state(const std::string& path, const StateShape& s, const KvCache& ca
     if (base.empty()) fail(path, "not a file name");
     const std::string tmp = dir + "." + base + ".tmp-" + std::to_string(::getpid()) + "-" +
                             std::to_string(g_tmp_counter.fetch_add(1));
+    // The temporary file goes on every way out but the final rename.
+    struct RemoveUnlessKept {
+        const std::string& name;
+        bool keep = false;
+        ~RemoveUnlessKept() {
+            if (!keep) std::remove(name.c_str());
+        }
+    } cleanup{tmp};
     std::unique_ptr<std::FILE, FileCloser> f(std::fopen(tmp.c_str(), "wb"));
-    if (!f) fail(path, std::string("cannot write: ") + std::strerror(errno));
-    bool ok = false;
-    try {
-        Hasher h(0);
-        Out out(f.get(), h);
-        out.put(kMagic, 8);
-        out.u32(kVersion);
-        out.u64(s.model_id);
-        for (uint32_t v : {s.n_vocab, s.n_layer, s.n_head_kv, s.head_dim, s.n_ctx, s.kv_type,
-                           uint32_t(tokens.size()), logits ? s.n_vocab : 0u})
-            out.u32(v);
-        out.put(tokens.data(), tokens.size() * sizeof(int32_t));
-        if (logits) out.put(logits, size_t(s.n_vocab) * sizeof(float));
-        const size_t rb = cache.row_bytes();
-        std::vector<uint8_t> row(2 * rb);
-        for (uint32_t l = 0; l < s.n_layer; ++l)
-            for (size_t p = 0; p < tokens.size(); ++p) {
-                cache.get_row(l, int64_t(p), row.data(), row.data() + rb);
-                out.put(row.data(), row.size());
-            }
-        const uint64_t sum = h.digest();
-        Hasher ignored(0);
-        Out tail(f.get(), ignored);
-        tail.u64(sum);
-        ok = out.ok() && tail.ok() && std::fflush(f.get()) == 0 && ::fsync(::fileno(f.get())) == 0;
-        const int err = errno;
-        if (std::fclose(f.release()) != 0) ok = false;
-        if (!ok) {
-            std::remove(tmp.c_str());
-            fail(path, std::string("cannot write: ") + std::strerror(err ? err : EIO));
+    if (!f) io_fail(path, std::string("cannot write: ") + std::strerror(errno));
+
+    Hasher h(0);
+    Out out(f.get(), h);
+    out.put(kMagic, 8);
+    out.u32(kVersion);
+    out.u64(s.model_id);
+    for (uint32_t v : {s.n_vocab, s.n_layer, s.n_head_kv, s.head_dim, s.n_ctx, s.kv_type, uint32_t(tokens.size()),
+                       logits ? s.n_vocab : 0u})
+        out.u32(v);
+    out.put(tokens.data(), tokens.size() * sizeof(int32_t));
+    if (logits) out.put(logits, size_t(s.n_vocab) * sizeof(float));
+    const size_t rb = cache.row_bytes();
+    std::vector<uint8_t> row(2 * rb);
+    for (uint32_t l = 0; l < s.n_layer; ++l)
+        for (size_t p = 0; p < tokens.size(); ++p) {
+            cache.get_row(l, int64_t(p), row.data(), row.data() + rb);
+            out.put(row.data(), row.size());
         }
-        if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-            const int e = errno;
-            std::remove(tmp.c_str());
-            fail(path, std::string("cannot write: ") + std::strerror(e));
-        }
-    } catch (...) {
-        if (f) f.reset();
-        if (!ok) std::remove(tmp.c_str());
-        throw;
+    const uint64_t sum = h.digest();  // the checksum itself is not hashed
+    bool ok = out.ok() && std::fwrite(&sum, 8, 1, f.get()) == 1 && std::fflush(f.get()) == 0 &&
+              ::fsync(::fileno(f.get())) == 0;
+    int err = ok ? 0 : errno;
+    if (std::fclose(f.release()) != 0 && ok) {
+        ok = false;
+        err = errno;
     }
+    if (!ok) io_fail(path, std::string("cannot write: ") + std::strerror(err ? err : EIO));
+    if (std::rename(tmp.c_str(), path.c_str()) != 0)
+        io_fail(path, std::string("cannot write: ") + std::strerror(errno));
+    cleanup.keep = true;
 }
 
 LoadedState read_state(const std::string& path, const StateShape& want, size_t row_bytes,
                        const std::string& model_path) {
     std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path.c_str(), "rb"));
-    if (!f) fail(path, std::string("cannot read: ") + std::strerror(errno));
-    if (std::fseek(f.get(), 0, SEEK_END) != 0) fail(path, "cannot read: not a seekable file");
+    if (!f) io_fail(path, std::string("cannot read: ") + std::strerror(errno));
+    if (std::fseek(f.get(), 0, SEEK_END) != 0) io_fail(path, "cannot read: not a seekable file");
     const long end = std::ftell(f.get());
-    if (end < 0) fail(path, "cannot read: not a seekable file");
+    if (end < 0) io_fail(path, "cannot read: not a seekable file");
     const uint64_t size = uint64_t(end);
     std::rewind(f.get());
 
@@ -224,7 +228,7 @@ LoadedState read_state(const std::string& path, const StateShape& want, size_t r
               std::fread(st.logits.data(), 4, n_logits, f.get()) == n_logits &&
               std::fread(st.kv.data(), 1, st.kv.size(), f.get()) == st.kv.size() &&
               std::fread(&sum, 8, 1, f.get()) == 1;
-    if (!ok) fail(path, "cannot read: " + std::string(std::ferror(f.get()) ? std::strerror(errno) : "truncated"));
+    if (!ok) io_fail(path, "cannot read: " + std::string(std::ferror(f.get()) ? std::strerror(errno) : "truncated"));
     Hasher h(0);
     h.update(head, kHeaderBytes);
     h.update(st.tokens.data(), st.tokens.size() * 4);

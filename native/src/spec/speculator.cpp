@@ -56,14 +56,7 @@ void Speculator::propose_lookup(const std::vector<int32_t>& seq, size_t k) {
 
 void Speculator::propose_draft(Sampler& smpl, const std::vector<int32_t>& seq, size_t k) {
     Context& d = *draft_;
-    // Bring the draft's cache to seq, reusing the common prefix.
-    const std::vector<int32_t>& have = d.tokens();
-    size_t common = 0;
-    while (common < have.size() && common < seq.size() && have[common] == seq[common]) ++common;
-    common = std::min(common, seq.size() - 1);
-    if (seq.size() > d.n_ctx()) return;
-    d.truncate(uint32_t(common));
-    d.eval(seq.data() + common, seq.size() - common, false);
+    d.prefill(seq.data(), seq.size());  // the draft's cache to seq, reusing the common prefix
 
     Sampler ds = smpl.fork(smpl.greedy() ? 0 : smpl.next_seed());
     const bool sampled = !smpl.greedy();
@@ -83,7 +76,6 @@ void Speculator::propose_draft(Sampler& smpl, const std::vector<int32_t>& seq, s
         if (is_eog_(x) || i + 1 == k || d.n_past() + 1 > d.n_ctx()) break;
         d.eval(&x, 1, false);
     }
-    q_used_ = sampled;
 }
 
 // A sampling draft's token i against the target's row: accepted with probability min(1, p/q),
@@ -118,7 +110,6 @@ void Speculator::step(Sampler& smpl, int32_t pending, size_t n_max, std::vector<
     const size_t k = std::min({size_t(k_), n_max - 1, room - 1});
 
     drafts_.clear();
-    q_used_ = false;
     if (k > 0) {
         seq_ = target_.tokens();
         seq_.push_back(pending);
@@ -132,7 +123,6 @@ void Speculator::step(Sampler& smpl, int32_t pending, size_t n_max, std::vector<
             propose_lookup(seq_, k);
         }
     }
-    const size_t nd = drafts_.size();
     try {
         verify(smpl, pending, n0, out);
     } catch (...) {
@@ -143,6 +133,7 @@ void Speculator::step(Sampler& smpl, int32_t pending, size_t n_max, std::vector<
 
 void Speculator::verify(Sampler& smpl, int32_t pending, uint32_t n0, std::vector<int32_t>& out) {
     const size_t nd = drafts_.size();
+    const bool sampled_drafts = draft_ != nullptr && !smpl.greedy();  // drafts drawn from q_
     batch_.assign(1, pending);
     batch_.insert(batch_.end(), drafts_.begin(), drafts_.end());
     target_.eval(batch_.data(), batch_.size(), true);
@@ -153,7 +144,7 @@ void Speculator::verify(Sampler& smpl, int32_t pending, uint32_t n0, std::vector
         const float* row = rows + i * size_t(n_vocab_);
         bool accepted;
         int32_t t;
-        if (i < nd && q_used_) {
+        if (i < nd && sampled_drafts) {
             t = verify_sampled(smpl, row, i, &accepted);
         } else {
             t = smpl.sample(row);

@@ -57,7 +57,6 @@ public:
     void step(Sampler& smpl, int32_t pending, size_t n_max, std::vector<int32_t>& out);
 
     const SpecStats& stats() const { return stats_; }
-    int32_t draft_len() const { return k_; }
 
 private:
     void propose_lookup(const std::vector<int32_t>& seq, size_t k);
@@ -75,7 +74,6 @@ private:
     // per step
     std::vector<int32_t> seq_, drafts_, batch_;
     std::vector<std::vector<TokenProb>> q_;  // a sampling draft's distributions, per drafted token
-    bool q_used_ = false;
     std::vector<TokenProb> p_dist_, resid_;
     std::vector<double> q_dense_;
 };
