@@ -1,12 +1,14 @@
 """Quantization quality: SmolLM2 converted by edgellm versus quantized by llama.cpp, per --quant type.
 
-Not a test. For each type: our converter makes the GGUF straight from the fp32 checkpoint; llama.cpp quantizes
-our f16 GGUF of the same checkpoint with `llama_model_quantize`. Both files are scored with llama.cpp's runtime
-(llama-cpp-python) on the same text, windows and threads:
+Not a test. For each type: our converter makes the GGUF straight from the fp32 checkpoint, plain and (with
+--methods) calibrated: `imatrix` (importance-weighted quantization) and `awq` (AWQ scales folded, then
+importance-weighted), calibrated on other license texts (CALIB_TEXTS, never the eval text); llama.cpp
+quantizes our f16 GGUF of the same checkpoint with `llama_model_quantize` (plain). Every file is scored with
+llama.cpp's runtime (llama-cpp-python) on the same text, windows and threads:
 
     windows of n_ctx tokens, BOS first, the second half of each window scored, PPL = exp(mean NLL).
 
-Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--n-ctx 512] [--threads 2]
+Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512]
 Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
 Writes bench/results/quant_quality-<date>.json and prints a markdown table.
 """
@@ -28,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the SmolLM2 fp32 checkpoint builder lives with the test fixtures
 
 EVAL_TEXT = Path("/usr/share/common-licenses/GPL-3")
+# Calibration: license texts that are not the GPL family (GPL-1/2 share much of GPL-3's wording).
+CALIB_TEXTS = ["Apache-2.0", "Artistic", "BSD", "CC0-1.0", "GFDL-1.3", "MPL-1.1", "MPL-2.0"]
+METHODS = ["plain", "imatrix", "awq"]
 ALL_TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1",
              "q2_k", "q3_k_m", "q4_k_m", "q5_k_m", "q6_k"]
 # our --quant name -> llama.cpp's llama_ftype constant name
@@ -93,6 +98,8 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int) -> tu
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", default=",".join(ALL_TYPES))
+    ap.add_argument("--methods", default="plain", help=f"comma-separated, of {','.join(METHODS)}")
+    ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
@@ -104,10 +111,15 @@ def main() -> int:
 
     llama_cpp = ensure_llama_cpp()
     types = [t.strip() for t in args.types.split(",") if t.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not set(methods) <= set(METHODS):
+        ap.error(f"--methods: choose from {', '.join(METHODS)}")
     work = args.work or (cache_dir() / "bench-quant-quality")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = smollm2_checkpoint()
     text = EVAL_TEXT.read_text()
+    calib = work / "calib-licenses.txt"
+    calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
 
     f16_src = work / "smollm2-edgellm-f16.gguf"
     if not f16_src.exists():
@@ -115,34 +127,41 @@ def main() -> int:
 
     rows = []
     for quant in types:
-        ours = work / f"smollm2-edgellm-{quant}.gguf"
         theirs = work / f"smollm2-llamacpp-{quant}.gguf"
-        t0 = time.perf_counter()
-        convert(ckpt, ours, ConvertOptions(quant=quant, n_threads=args.threads, progress=False))
-        t_ours = time.perf_counter() - t0
         t_theirs = llama_quantize(llama_cpp, f16_src, theirs, quant, args.threads)
-        ppl_ours, n = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads)
-        ppl_theirs, _ = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads)
-        row = {
-            "quant": quant, "ppl_edgellm": ppl_ours, "ppl_llamacpp": ppl_theirs,
-            "ratio": ppl_ours / ppl_theirs, "size_edgellm": ours.stat().st_size,
-            "size_llamacpp": theirs.stat().st_size, "time_edgellm_s": t_ours, "time_llamacpp_s": t_theirs,
-            "scored_tokens": n,
-        }
-        rows.append(row)
-        print(f"{quant}: edgellm {ppl_ours:.4f}  llama.cpp {ppl_theirs:.4f}", file=sys.stderr, flush=True)
+        ppl_theirs, n = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads)
+        for method in methods:
+            ours = work / f"smollm2-edgellm-{quant}-{method}.gguf"
+            opts = {} if method == "plain" else {"calib": calib, "calib_tokens": args.calib_tokens,
+                                                 "awq": method == "awq"}
+            t0 = time.perf_counter()
+            summary = convert(ckpt, ours, ConvertOptions(quant=quant, n_threads=args.threads, progress=False,
+                                                         **opts))
+            t_ours = time.perf_counter() - t0
+            ppl_ours, n = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads)
+            row = {
+                "quant": quant, "method": method, "ppl_edgellm": ppl_ours, "ppl_llamacpp": ppl_theirs,
+                "ratio": ppl_ours / ppl_theirs, "size_edgellm": ours.stat().st_size,
+                "size_llamacpp": theirs.stat().st_size, "time_edgellm_s": t_ours, "time_llamacpp_s": t_theirs,
+                "scored_tokens": n, "calibration": summary.calibration,
+            }
+            rows.append(row)
+            print(f"{quant} {method}: edgellm {ppl_ours:.4f}  llama.cpp {ppl_theirs:.4f}  ({t_ours:.0f} s)",
+                  file=sys.stderr, flush=True)
 
     print(f"\nSmolLM2-135M-Instruct, {EVAL_TEXT}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
           f"PPL by llama.cpp's runtime, {args.threads} threads\n")
-    print("| quant | PPL edgellm | PPL llama.cpp | ratio | size edgellm MB | size llama.cpp MB | convert s | quantize s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | size edgellm MB | size llama.cpp MB "
+          "| convert s | quantize s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['quant']} | {r['ppl_edgellm']:.4f} | {r['ppl_llamacpp']:.4f} | {r['ratio']:.4f} | "
+        print(f"| {r['quant']} | {r['method']} | {r['ppl_edgellm']:.4f} | {r['ppl_llamacpp']:.4f} | {r['ratio']:.4f} | "
               f"{r['size_edgellm'] / 1e6:.1f} | {r['size_llamacpp'] / 1e6:.1f} | {r['time_edgellm_s']:.1f} | "
               f"{r['time_llamacpp_s']:.1f} |")
     out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"n_ctx": args.n_ctx, "threads": args.threads, "llama_cpp_python":
+    out.write_text(json.dumps({"n_ctx": args.n_ctx, "threads": args.threads, "calib_texts": CALIB_TEXTS,
+                               "calib_tokens": args.calib_tokens, "llama_cpp_python":
                                getattr(llama_cpp, "__version__", "?"), "rows": rows}, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}", file=sys.stderr)
     return 0

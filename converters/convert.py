@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,12 +24,16 @@ from edgellm import quant
 from edgellm.errors import ConversionError
 from edgellm.gguf import GGUFValueType, GGUFWriter
 
-from .base import ModelConverter, TensorPlan, converter_for, kv_str, kv_u32
+from .base import ModelConverter, TensorPlan, converter_for, kv_bool, kv_str, kv_u32
 from .checkpoint import Checkpoint
 from .lora import LoraSet
 from .recipes import FILE_TYPES, QUANT_TYPES, RecipeContext, TensorChoice
 from .recipes import plan as plan_types
 from .vocab import KV, load_vocab
+
+if TYPE_CHECKING:
+    from .awq import Scales
+    from .calib import Calibration
 
 GGUF_QUANTIZATION_VERSION = 2
 
@@ -40,6 +45,10 @@ class ConvertOptions:
     n_threads: int = 0  # 0: all cores
     allow_pickle: bool = False
     progress: bool = True
+    calib: Path | None = None  # calibration text: activation statistics of every linear layer
+    calib_tokens: int = 8192
+    awq: bool = False  # search and fold AWQ scales (needs calib)
+    imatrix: bool = True  # with calib: the statistics weight the quantizers' error (an importance matrix)
 
 
 @dataclass
@@ -69,6 +78,7 @@ class ConvertSummary:
     lora: list[str] = field(default_factory=list)
     pre_tokenizer: str | None = None
     n_tokens: int = 0
+    calibration: str | None = None  # what calibration did, one line
 
     @property
     def n_tensors(self) -> int:
@@ -109,6 +119,8 @@ class ConvertSummary:
                 lines.append(f"    {why}: {shown}")
         for line in self.lora:
             lines.append(f"  lora       {line}")
+        if self.calibration:
+            lines.append(f"  calib      {self.calibration}")
         return "\n".join(lines)
 
 
@@ -202,6 +214,11 @@ def convert(src: Path, out: Path, options: ConvertOptions) -> ConvertSummary:
     )
     choices: dict[str, TensorChoice] = plan_types(ctx, [(p.gguf_name, p.shape) for p in plans])
     extra = {p.gguf_name: data for p, data in model.extra_tensors()}
+    weights = _Weights(ckpt, model, loras, extra, src, options)
+    if options.awq and options.calib is None:
+        raise ConversionError("--awq needs calibration text: --calib FILE")
+    if options.calib is not None:
+        weights.calibrate(plans, choices)
 
     kvs = (
         _general(model, src, options.quant)
@@ -210,6 +227,7 @@ def convert(src: Path, out: Path, options: ConvertOptions) -> ConvertSummary:
             kv_u32("general.file_type", FILE_TYPES[options.quant]),
             kv_u32("general.quantization_version", GGUF_QUANTIZATION_VERSION),
         ]
+        + weights.metadata()
         + vocab
     )
 
@@ -226,7 +244,7 @@ def convert(src: Path, out: Path, options: ConvertOptions) -> ConvertSummary:
         progress = _progress(options.progress, plans)
         for p in plans:
             qtype = choices[p.gguf_name].qtype
-            data = _tensor_bytes(p, qtype, ckpt, model, loras, extra, options.n_threads, src)
+            data = weights.tensor_bytes(p, qtype)
             writer.write_tensor_data(p.gguf_name, data)
             count = by_type.setdefault(quant.type_name(qtype), TypeCount())
             n = int(np.prod(p.shape))
@@ -269,6 +287,7 @@ def convert(src: Path, out: Path, options: ConvertOptions) -> ConvertSummary:
         lora=loras.describe(),
         pre_tokenizer=None if pre is None else str(pre),
         n_tokens=n_tokens,
+        calibration=weights.describe(),
     )
 
 
@@ -277,40 +296,115 @@ def convert(src: Path, out: Path, options: ConvertOptions) -> ConvertSummary:
 BLOCK_BYTES = 16 * 1024 * 1024
 
 
-def _tensor_bytes(
-    p: TensorPlan,
-    qtype: int,
-    ckpt: Checkpoint,
-    model: ModelConverter,
-    loras: LoraSet,
-    extra: dict[str, np.ndarray],
-    n_threads: int,
-    src: Path,
-) -> np.ndarray:
-    """The bytes of one output tensor: read -> f32 -> LoRA merge -> arch transform -> quantize."""
-    if p.hf_name is None:
-        return quant.quantize(extra[p.gguf_name], qtype, n_threads=n_threads)
-    rows = p.shape[0] if len(p.shape) == 2 else 0
-    row_f32 = 4 * p.shape[-1]
-    merged = any(p.hf_name.removesuffix(".weight") in a.pairs for a in loras.adapters)
-    if rows and rows * row_f32 > BLOCK_BYTES and not merged and model.rows_unchanged(p):
-        step = max(1, BLOCK_BYTES // row_f32)
-        out = np.empty((rows, quant.row_size(qtype, p.shape[-1])), dtype=np.uint8)
-        for r0 in range(0, rows, step):
-            r1 = min(rows, r0 + step)
-            block = ckpt.read(p.hf_name, (r0, r1))
-            out[r0:r1] = quant.quantize(
-                np.ascontiguousarray(block, dtype=np.float32), qtype, n_threads=n_threads
-            )
-            del block
-        return out
-    w = ckpt.read(p.hf_name)
-    if w.ndim == 2:
-        w = loras.merge(p.hf_name, w)
-    w = model.transform(p, w)
-    if w.shape != p.shape:
-        raise ConversionError(f"{src}: tensor '{p.hf_name}': transformed to {w.shape}, planned {p.shape}")
-    return quant.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype, n_threads=n_threads)
+class _Weights:
+    """Reads output tensors (read -> f32 -> LoRA merge -> arch transform -> AWQ scales) and quantizes them, with
+    the calibration's importance weights when there is one."""
+
+    def __init__(self, ckpt: Checkpoint, model: ModelConverter, loras: LoraSet, extra: dict[str, np.ndarray],
+                 src: Path, options: ConvertOptions):
+        self.ckpt, self.model, self.loras, self.extra, self.src, self.options = ckpt, model, loras, extra, src, options
+        self.calib: Calibration | None = None
+        self.scales: Scales | None = None
+
+    def calibrate(self, plans: list[TensorPlan], choices: dict[str, TensorChoice]) -> None:
+        from . import awq
+        from .calib import calibrate
+
+        o = self.options
+        self.calib = calibrate(self.src, self.model, self.loras, Path(o.calib), o.calib_tokens,
+                               progress=o.progress)
+        if not o.awq:
+            return
+        by_name = {p.gguf_name: p for p in plans}
+        m = self.model
+        groups = awq.groups(m.n_layer, m.n_head, m.n_head_kv, m.head_dim, set(by_name))
+        progress = _progress(o.progress, groups, desc="awq search", unit="group")
+        try:
+            self.scales = awq.search(self.calib, groups, lambda n: self.read(by_name[n]),
+                                     lambda n: choices[n].qtype, use_imatrix=o.imatrix, n_threads=o.n_threads,
+                                     progress=lambda: progress.update(1))
+        finally:
+            progress.close()
+
+    def metadata(self) -> list[KV]:
+        """What calibration did, in the keys llama.cpp's quantizer writes for an importance matrix."""
+        c = self.calib
+        if c is None:
+            return []
+        kvs = []
+        if self.options.imatrix:
+            kvs += [
+                kv_str("quantize.imatrix.file", c.file.name),
+                kv_str("quantize.imatrix.dataset", f"{c.file.name} (sha256 {c.text_sha256[:16]})"),
+                kv_u32("quantize.imatrix.entries_count", len(c.inputs)),
+                kv_u32("quantize.imatrix.chunks_count", c.n_windows),
+            ]
+        if self.scales is not None:
+            kvs += [kv_bool("quantize.awq", True), kv_u32("quantize.awq.scaled_groups", len(self.scales.alpha)
+                                                             - sum(a == 0 for a in self.scales.alpha.values()))]
+        return kvs
+
+    def describe(self) -> str | None:
+        c = self.calib
+        if c is None:
+            return None
+        what = [f"{c.n_tokens} tokens of {c.file.name} in {c.n_windows} windows"]
+        if self.options.imatrix:
+            what.append(f"importance weights for {len(c.inputs)} tensors")
+        if self.scales is not None:
+            alphas = list(self.scales.alpha.values())
+            gains = list(self.scales.gain.values())
+            what.append(f"AWQ: {sum(a > 0 for a in alphas)}/{len(alphas)} groups scaled, mean alpha "
+                        f"{np.mean(alphas):.2f}, output error x{np.mean(gains):.3f} of plain")
+        return "; ".join(what)
+
+    def read(self, p: TensorPlan) -> np.ndarray:
+        """Tensor p as written before quantization (f32, numpy order), AWQ scales not applied."""
+        if p.hf_name is None:
+            return self.extra[p.gguf_name]
+        w = self.ckpt.read(p.hf_name)
+        if w.ndim == 2:
+            w = self.loras.merge(p.hf_name, w)
+        w = self.model.transform(p, w)
+        if w.shape != p.shape:
+            raise ConversionError(f"{self.src}: tensor '{p.hf_name}': transformed to {w.shape}, planned {p.shape}")
+        return np.ascontiguousarray(w, dtype=np.float32)
+
+    def _imatrix(self, name: str, qtype: int) -> np.ndarray | None:
+        if self.calib is None or not self.options.imatrix or quant.block_size(qtype) == 1:
+            return None
+        im = self.calib.imatrix(name)
+        if self.scales is not None:
+            im = self.scales.imatrix(name, im)
+        # a column no calibration token ever used still gets a little weight (no block is all zeros)
+        return None if im is None else np.maximum(im, 1e-6 * float(im.max()) + 1e-30)
+
+    def tensor_bytes(self, p: TensorPlan, qtype: int) -> np.ndarray:
+        """The bytes of one output tensor."""
+        n_threads = self.options.n_threads
+        im = self._imatrix(p.gguf_name, qtype)
+        scales = self.scales
+        if p.hf_name is None:
+            return quant.quantize(self.extra[p.gguf_name], qtype, imatrix=im, n_threads=n_threads)
+        rows = p.shape[0] if len(p.shape) == 2 else 0
+        row_f32 = 4 * p.shape[-1]
+        merged = any(p.hf_name.removesuffix(".weight") in a.pairs for a in self.loras.adapters)
+        if rows and rows * row_f32 > BLOCK_BYTES and not merged and self.model.rows_unchanged(p):
+            # streamed in blocks of rows: the peak memory holds the quantized tensor plus one block
+            step = max(1, BLOCK_BYTES // row_f32)
+            out = np.empty((rows, quant.row_size(qtype, p.shape[-1])), dtype=np.uint8)
+            for r0 in range(0, rows, step):
+                r1 = min(rows, r0 + step)
+                block = np.ascontiguousarray(self.ckpt.read(p.hf_name, (r0, r1)), dtype=np.float32)
+                if scales is not None:
+                    block = scales.apply(p.gguf_name, block, (r0, r1))
+                out[r0:r1] = quant.quantize(block, qtype, imatrix=im, n_threads=n_threads)
+                del block
+            return out
+        w = self.read(p)
+        if scales is not None:
+            w = scales.apply(p.gguf_name, w)
+        return quant.quantize(np.ascontiguousarray(w, dtype=np.float32), qtype, imatrix=im, n_threads=n_threads)
 
 
 class _NoProgress:
@@ -321,9 +415,9 @@ class _NoProgress:
         pass
 
 
-def _progress(enabled: bool, plans: list[TensorPlan]):
+def _progress(enabled: bool, items: list, desc: str = "converting", unit: str = "tensor"):
     if not enabled:
         return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=len(plans), unit="tensor", desc="converting", file=sys.stderr, leave=False)
+    return tqdm(total=len(items), unit=unit, desc=desc, file=sys.stderr, leave=False)

@@ -28,6 +28,7 @@ from helpers.tiny_models import (
     gguf_logits,
     hf_greedy,
     hf_logits,
+    hf_rope_kwargs,
     tiny_checkpoint,
 )
 
@@ -205,7 +206,9 @@ def test_llama3_rope_factors_match_transformers(tmp_path):
     ours = _dequantized(out)["rope_freqs.weight"]
     assert _types(out)["rope_freqs.weight"] == gguf.GGMLQuantizationType.F32
     hf_cfg = LlamaConfig(
-        **{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
+        **{k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version", "rope_parameters",
+                                                      "rope_theta")},
+        **hf_rope_kwargs(scaling),
     )
     scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg, torch.device("cpu"))
     base = 1.0 / (500000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
@@ -301,7 +304,7 @@ def test_gemma3_conditional_generation_text_part(tmp_path, convert_tiny):
     wrapped = {
         "architectures": ["Gemma3ForConditionalGeneration"],
         "model_type": "gemma3",
-        "tie_word_embeddings": cfg["tie_word_embeddings"],
+        "tie_word_embeddings": cfg.get("tie_word_embeddings", True),  # omitted when it is the default
         "text_config": text,
     }
     (src / "config.json").write_text(json.dumps(wrapped))

@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 
 from edgellm import LLM, Sampler, _core
 from edgellm.errors import InvalidArgumentError
-from helpers.cache import cached_dir
+from helpers.cache import cached_dir, transformers_tag
 from helpers.smollm2 import smollm2_checkpoint, smollm2_gguf_path
 from helpers.tiny_models import PROMPT_IDS
 
@@ -45,7 +45,7 @@ def smollm2_converted(quant: str) -> Path:
     def build(dst: Path) -> None:
         convert(smollm2_checkpoint(), dst / "model.gguf", ConvertOptions(quant=quant, progress=False))
 
-    return cached_dir(f"smollm2-converted-{quant}-v1", build) / "model.gguf"
+    return cached_dir(f"smollm2-converted-{quant}-v1-{transformers_tag()}", build) / "model.gguf"
 
 
 @pytest.fixture(scope="module")

