@@ -143,8 +143,6 @@ def convert(
         quant = quant or "f16"
         if quant not in QUANT_NAMES:
             _fail(f"--quant {quant}: an ONNX type; GGUF takes {', '.join(QUANT_NAMES)}")
-        if awq and calib is None:
-            _fail("--awq needs calibration text: --calib FILE")
     try:
         if fmt == "onnx":
             from edgellm.converters.onnx_export import OnnxOptions
