@@ -451,27 +451,38 @@ def run(opts: argparse.Namespace) -> int:
     print(legend(opts, bandwidth))
     log(f"total time {elapsed:.0f} s")
     if not opts.no_json:
-        now = datetime.datetime.now()
-        out = RESULTS / f"run-{now:%Y%m%d-%H%M%S}.json"
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        report = {
-            "date": now.isoformat(timespec="seconds"), "machine": machine_info(),
+        write_report("run", {
             "options": {k: getattr(opts, k) for k in ("files", "threads", "repeats", "prompt_tokens",
                                                        "gen_tokens", "engines")},
             "prompt_seed": PROMPT_SEED, "bandwidth_gb_s": bandwidth, "files": files, "rows": rows,
             "elapsed_s": elapsed, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-        }
-        out.write_text(json.dumps(report, indent=1) + "\n")
-        log(f"wrote {out.relative_to(ROOT)}")
+        })
     return 1 if errors else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def write_report(kind: str, report: dict[str, Any]) -> Path:
+    """Writes bench/results/<kind>-<date>.json: the date and the machine, then report's fields."""
+    now = datetime.datetime.now()
+    out = RESULTS / f"{kind}-{now:%Y%m%d-%H%M%S}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    full = {"date": now.isoformat(timespec="seconds"), "machine": machine_info(), **report}
+    out.write_text(json.dumps(full, indent=1) + "\n")
+    log(f"wrote {out.relative_to(ROOT)}")
+    return out
+
+
+def script_main(script: str, parse_args: Callable[[list[str] | None], argparse.Namespace],
+                run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """A bench script's main: its exit status; a BenchError is one line on stderr and status 2."""
     try:
         return run(parse_args(argv))
     except BenchError as e:
-        print(f"bench/run.py: error: {e}", file=sys.stderr)
+        print(f"bench/{script}: error: {e}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return script_main("run.py", parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -34,9 +34,7 @@ Prints markdown tables; writes every number, the settings and the machine to ben
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
 import math
 import os
 import re
@@ -48,16 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from run import (
-    RESULTS,
-    ROOT,
     BenchError,
     converted,
     ensure_llama_cpp,
     log,
-    machine_info,
     prepare,
+    script_main,
     smollm2_checkpoint,
     smollm2_q4_1,
+    write_report,
 )
 
 LICENSES = Path("/usr/share/common-licenses")
@@ -646,11 +643,7 @@ def run(opts: argparse.Namespace) -> int:
         print("\nGreedy output identical with and without speculation in every edgellm run.")
     log(f"total time {elapsed:.0f} s")
 
-    now = datetime.datetime.now()
-    out = RESULTS / f"spec-{now:%Y%m%d-%H%M%S}.json"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {
-        "date": now.isoformat(timespec="seconds"), "machine": machine_info(),
+    write_report("spec", {
         "options": {"threads": opts.threads, "gen_tokens": opts.gen_tokens, "repeats": opts.repeats,
                     "quick": opts.quick, "llamacpp": opts.llamacpp},
         "settings": {"n_ctx": N_CTX, "n_batch": N_BATCH, "temperature": 0, "copy_span": COPY_SPAN,
@@ -662,18 +655,12 @@ def run(opts: argparse.Namespace) -> int:
         "prompts": [{"name": p.name, "source": p.source, "messages": p.messages} for p in quotes + chats],
         "lookup": lookup, "draft": draft, "kv": kv, "goals": g, "greedy_mismatches": check.mismatches,
         "elapsed_s": elapsed, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
-    }
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    log(f"wrote {out.relative_to(ROOT)}")
+    })
     return 1 if check.mismatches else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(parse_args(argv))
-    except BenchError as e:
-        print(f"bench/spec.py: error: {e}", file=sys.stderr)
-        return 2
+    return script_main("spec.py", parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def groups(n_layer: int, n_head: int, n_head_kv: int, head_dim: int, names: set[
     for i in range(n_layer):
         b = f"blk.{i}."
 
-        def have(*parts: str) -> list[str]:
+        def have(*parts: str, b: str = b) -> list[str]:
             return [f"{b}{p}" for p in parts if f"{b}{p}" in names]
 
         out.append(Group(f"{b}attn_qkv", have("attn_q.weight", "attn_k.weight", "attn_v.weight"),
@@ -140,7 +140,8 @@ def search(calib: Calibration, groups_: list[Group], weight: Callable[[str], np.
                 w = w[np.sort(rng.choice(w.shape[0], SEARCH_ROWS, replace=False))]
             layers.append((np.ascontiguousarray(w, dtype=np.float32), t, x @ w.T))
 
-        def error(alpha: float) -> tuple[float, float, np.ndarray]:
+        def error(alpha: float, g: Group = g, x: np.ndarray = x, a: np.ndarray = a,
+                  im: np.ndarray | None = im, layers: list = layers) -> tuple[float, float, np.ndarray]:
             s = expand(a ** alpha, g) if alpha > 0 else np.ones(x.shape[1], np.float32)
             s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
             xs = x / s

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgellm._jsonfile import read_json_object
 from edgellm.errors import ConversionError
 
 CONFIG_NAME = "config.json"
@@ -129,21 +130,7 @@ class Config:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from a file; ConversionError naming the file when it is missing or malformed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConversionError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConversionError(f"{path}: cannot read: {e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConversionError(
-            f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-        ) from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path}: expected a JSON object at the top level")
-    return data
+    return read_json_object(path, ConversionError)
 
 
 @dataclass

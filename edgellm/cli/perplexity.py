@@ -12,14 +12,15 @@ from edgellm.cli._common import fail, load_model, one_line_errors
 
 
 @click.command("perplexity")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--ctx", "n_ctx", type=click.IntRange(min=4), default=512, show_default=True,
               help="Tokens per window.")
 @click.option("-t", "--threads", type=click.IntRange(min=0), default=0,
               help="Threads for the forward pass (0 = all cores).")
 def perplexity(model: Path, file: Path, n_ctx: int, threads: int) -> None:
-    """Perplexity of MODEL (a GGUF file) on FILE (UTF-8 text).
+    """Perplexity of MODEL (a GGUF file, or a folder made by `edgellm convert --format onnx`) on FILE (UTF-8
+    text).
 
     The text is tokenized whole and cut into windows of --ctx tokens; each window starts with BOS and
     the second half of its tokens are scored. PPL = exp(mean negative log-likelihood), the procedure of

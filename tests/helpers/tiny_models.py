@@ -13,7 +13,6 @@ that mapping their logits differ by several units).
 from __future__ import annotations
 
 import importlib.metadata
-
 import json
 from functools import lru_cache
 from pathlib import Path
