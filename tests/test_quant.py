@@ -257,3 +257,49 @@ def test_bad_input_errors():
         dequantize(np.zeros(17, np.uint8), GGMLType.Q4_0, (1, 32))
     with pytest.raises(EdgeLLMError, match="not a multiple"):
         row_size(GGMLType.Q4_0, 33)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.F32, GGMLType.F16, GGMLType.Q8_0, GGMLType.Q4_K])
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_row_matrix_products_equal_the_dequantized_rows(qtype, isa):
+    """RowMatrix (the RAG searcher's vector scan) multiplies with the core's kernels: the products of
+    packed rows equal those of their dequantized float32 rows, on every kernel level, for odd row counts,
+    one vector and several."""
+    from edgellm import _core
+
+    if isa not in ("scalar", _core.isa()) and not (isa == "avx2" and _core.isa() == "avx512"):
+        pytest.skip(f"this CPU has no {isa}")
+    rng = np.random.default_rng(7)
+    k = 256
+    rows = rng.standard_normal((1003, k)).astype(np.float32)
+    packed = quantize(rows, qtype)
+    ref = dequantize(packed, qtype, (1003, k)).astype(np.float64)
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    saved = _core.isa()
+    _core.set_isa(isa)
+    try:
+        m = _core.RowMatrix(np.ascontiguousarray(packed), int(qtype), k, 2)
+        one, many = m.matmul(x[0]), m.matmul(x)
+    finally:
+        _core.set_isa(saved)
+    assert m.rows == 1003 and one.shape == (1003,) and many.shape == (3, 1003)
+    exact = x.astype(np.float64) @ ref.T
+    # float weights: float sums; quantized: activations rounded to 16-bit integers per block
+    tol = 1e-4 if qtype in (GGMLType.F32, GGMLType.F16) else 2e-3
+    assert np.abs(many - exact).max() <= tol * np.abs(exact).max()
+    assert np.array_equal(one, many[0])
+
+
+def test_row_matrix_refuses_bad_input():
+    from edgellm import _core
+
+    packed = quantize(np.ones((4, 64), np.float32), GGMLType.F16)
+    with pytest.raises(ValueError, match="not whole rows"):
+        _core.RowMatrix(np.ascontiguousarray(packed).reshape(-1)[:-2].copy(), int(GGMLType.F16), 64)
+    with pytest.raises(EdgeLLMError, match="no matmul kernel"):
+        _core.RowMatrix(np.zeros(64, np.uint8), int(GGMLType.Q8_1), 32)
+    m = _core.RowMatrix(np.ascontiguousarray(packed), int(GGMLType.F16), 64)
+    with pytest.raises(ValueError, match="shape"):
+        m.matmul(np.ones(63, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        m.matmul(np.ones((2, 2, 64), np.float32))

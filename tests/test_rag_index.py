@@ -260,10 +260,11 @@ def test_search_path_filter_and_modes(tmp_path, embedder):
         for query, path in [("watering tomatoes in the sun", None), ("saturn rings telescope", str(tmp_path / "a"))]:
             cold_hits = index._searcher.vector_ids(query, 7, path)
             warm_hits = warm.vector_ids(query, 7, path)
-            # folders a and b hold the same notes: equal scores come in pairs, in either order
-            assert np.allclose([s for _, s in warm_hits], [s for _, s in cold_hits], atol=1e-5)
+            # folders a and b hold the same notes: equal scores come in pairs, in either order. The copy is
+            # float16: scores within 2e-4 of sqlite-vec's float32 ones
+            assert np.allclose([s for _, s in warm_hits], [s for _, s in cold_hits], atol=2e-4)
             exact = dict(index._searcher.vector_ids(query, 40, path))
-            assert all(abs(exact[c] - s) < 1e-5 for c, s in warm_hits)
+            assert all(abs(exact[c] - s) < 2e-4 for c, s in warm_hits)
         assert warm._matrix is not None
         new = rag_helpers.write_corpus(tmp_path / "c", 1)[0]
         new.write_text("# Kites\n\nA diamond kite flies best in a steady breeze over an open field.\n")

@@ -89,6 +89,12 @@ class OnnxEmbedder:
                                            model_file=model_file)
         self._model = TextEmbedding(model_name=name, specific_model_path=str(self.folder),
                                     threads=threads or os.cpu_count(), local_files_only=True)
+        # Queries run on a one-thread session of their own, made on first use: a query is a few tokens,
+        # and ONNX Runtime's idle worker threads spin on the cores for a while after each run, which would
+        # halve the speed of the vector scan that follows on a two-core machine.
+        self._query_model: TextEmbedding | None = None
+        self._query_args = {"model_name": name, "specific_model_path": str(self.folder), "threads": 1,
+                            "local_files_only": True}
         self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -106,7 +112,11 @@ class OnnxEmbedder:
         return out
 
     def embed_query(self, text: str) -> np.ndarray:
-        return np.asarray(next(iter(self._model.query_embed([text]))), dtype=np.float32)
+        if self._query_model is None:
+            from fastembed import TextEmbedding
+
+            self._query_model = TextEmbedding(**self._query_args)
+        return np.asarray(next(iter(self._query_model.query_embed([text]))), dtype=np.float32)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]

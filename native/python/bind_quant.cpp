@@ -2,11 +2,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "bindings.h"
 #include "common/error.h"
+#include "common/thread_pool.h"
+#include "ops/matmul.h"
 #include "quant/quant.h"
 
 namespace py = pybind11;
@@ -73,9 +76,67 @@ py::array_t<float> dequantize(const py::array& data, int64_t type, int64_t n_per
     return out;
 }
 
+// Rows packed in a GGUF block format, multiplied by float vectors with the model's matmul kernels and a
+// thread pool of its own: the RAG searcher scores a query against every stored embedding with it.
+class RowMatrix {
+public:
+    RowMatrix(py::array data, int64_t type, int64_t k, int n_threads)
+        : data_(std::move(data)), type_(to_type(type)), k_(k), pool_(std::make_unique<edgellm::ThreadPool>(n_threads)) {
+        if (!edgellm::ops::supports(type_))
+            throw edgellm::Error(std::string("RowMatrix: tensor type ") + q::traits(static_cast<uint32_t>(type_))->name +
+                                 " has no matmul kernel");
+        if (data_.dtype().itemsize() != 1 || !(data_.flags() & py::array::c_style))
+            throw py::value_error("RowMatrix expects a C-contiguous uint8 array of packed rows");
+        const size_t rs = q::row_size(type_, k_);
+        const size_t nbytes = static_cast<size_t>(data_.nbytes());
+        if (k_ <= 0 || rs == 0 || nbytes % rs != 0)
+            throw py::value_error("RowMatrix: " + std::to_string(nbytes) + " bytes are not whole rows of " +
+                                  std::to_string(k_) + " elements");
+        rows_ = static_cast<int64_t>(nbytes / rs);
+    }
+
+    int64_t rows() const { return rows_; }
+    int64_t k() const { return k_; }
+
+    // x: (n, k) or (k,) float32 -> (n, rows) or (rows,) float32 = x W^T
+    py::array_t<float> matmul(const F32Array& x) {
+        if ((x.ndim() != 1 && x.ndim() != 2) || x.shape(x.ndim() - 1) != k_)
+            throw py::value_error("RowMatrix.matmul expects float32 of shape (k,) or (n, k) with k = " +
+                                  std::to_string(k_));
+        const int64_t n = x.ndim() == 2 ? x.shape(0) : 1;
+        py::array_t<float> y = x.ndim() == 2 ? py::array_t<float>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(rows_)})
+                                             : py::array_t<float>(static_cast<py::ssize_t>(rows_));
+        if (n == 0 || rows_ == 0) return y;
+        const auto* w = static_cast<const uint8_t*>(data_.data());
+        const float* in = x.data();
+        float* out = y.mutable_data();
+        {
+            py::gil_scoped_release release;
+            edgellm::ops::matmul(w, type_, rows_, k_, in, n, out, *pool_);
+        }
+        return y;
+    }
+
+private:
+    py::array data_;
+    q::Type type_;
+    int64_t k_;
+    int64_t rows_ = 0;
+    std::unique_ptr<edgellm::ThreadPool> pool_;
+};
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
+    py::class_<RowMatrix>(m, "RowMatrix",
+                          "Rows packed in a GGUF block format (uint8, row_size(type, k) bytes each), multiplied "
+                          "by float32 vectors with the core's matmul kernels on a pool of n_threads (0 = all "
+                          "cores).")
+        .def(py::init<py::array, int64_t, int64_t, int>(), py::arg("data"), py::arg("type"), py::arg("k"),
+             py::arg("n_threads") = 0)
+        .def_property_readonly("rows", &RowMatrix::rows)
+        .def_property_readonly("k", &RowMatrix::k)
+        .def("matmul", &RowMatrix::matmul, py::arg("x"), "x (k,) or (n, k) float32 -> x W^T: (rows,) or (n, rows).");
     m.def(
         "type_traits",
         [](int64_t type) {
