@@ -85,6 +85,19 @@ def _check_sampling(temperature: float, top_k: int, top_p: float, min_p: float, 
             raise InvalidArgumentError(f"{name}={value!r}: must be {want}")
 
 
+def _check_sizes(n_ctx: int, n_batch: int, n_threads: int) -> None:
+    if n_ctx < 0 or n_batch <= 0 or n_threads < 0:
+        raise InvalidArgumentError(f"n_ctx={n_ctx}, n_batch={n_batch}, n_threads={n_threads}: n_ctx and "
+                                   f"n_threads must be >= 0 and n_batch > 0")
+
+
+def _context_length(n_ctx: int, n_train: int) -> int:
+    """The context to allocate: n_ctx (0 = the training context), capped at the training context (when
+    the model gives one)."""
+    n = n_ctx if n_ctx > 0 else n_train
+    return min(n, n_train) if n_train > 0 else n
+
+
 class Sampler:
     """The native sampler chain over one row of logits (penalties, top-k, top-p, min-p, temperature)."""
 
@@ -137,9 +150,7 @@ class LLM:
         path = Path(model_path) if model_path is not None else default_model_path()
         if kv_type not in _KV_TYPES:
             raise InvalidArgumentError(f"kv_type={kv_type!r}: must be one of {', '.join(_KV_TYPES)}")
-        if n_ctx < 0 or n_batch <= 0 or n_threads < 0:
-            raise InvalidArgumentError(f"n_ctx={n_ctx}, n_batch={n_batch}, n_threads={n_threads}: n_ctx and "
-                                       f"n_threads must be >= 0 and n_batch > 0")
+        _check_sizes(n_ctx, n_batch, n_threads)
         if not 1 <= draft_max <= 64:
             raise InvalidArgumentError(f"draft_max={draft_max}: must be in [1, 64]")
         if draft_model is not None and vocab_only:
@@ -154,10 +165,7 @@ class LLM:
         self._draft_ctx: Any = None
         self.last_stats = GenerationStats()
         if not vocab_only:
-            n_train = self._model.n_ctx_train
-            n = n_ctx if n_ctx > 0 else n_train
-            if n_train > 0:
-                n = min(n, n_train)
+            n = _context_length(n_ctx, self._model.n_ctx_train)
             self._ctx = _core.Context(self._model, n, n_batch, n_threads, _KV_TYPES[kv_type])
             if self.draft_path is not None:
                 self._draft_model = _core.Model(str(self.draft_path), False)

@@ -30,7 +30,7 @@ from edgellm.errors import (
     ModelFileError,
     UnsupportedError,
 )
-from edgellm.llm import LLM, GenerationStats, Sampler
+from edgellm.llm import LLM, GenerationStats, Sampler, _check_sizes, _context_length
 
 FORMAT = "edgellm-onnx"
 FORMAT_VERSION = 1
@@ -241,9 +241,7 @@ class OnnxLLM(LLM):
             raise InvalidArgumentError("model_path: OnnxLLM needs a folder made by `edgellm convert --format "
                                        "onnx`")
         folder = Path(model_path)
-        if n_ctx < 0 or n_batch <= 0 or n_threads < 0:
-            raise InvalidArgumentError(f"n_ctx={n_ctx}, n_batch={n_batch}, n_threads={n_threads}: n_ctx and "
-                                       f"n_threads must be >= 0 and n_batch > 0")
+        _check_sizes(n_ctx, n_batch, n_threads)
         if draft_model is not None:
             raise InvalidArgumentError(f"draft_model: {_SPECULATIVE_ERROR}; {folder} is an ONNX folder")
         meta = read_meta(folder)
@@ -267,10 +265,7 @@ class OnnxLLM(LLM):
             raise ModelFileError(f"{folder / META_NAME}: field 'n_logits': {meta['n_logits']} is smaller "
                                  f"than the {meta['n_vocab']} tokens")
         if not vocab_only:
-            n_train = meta["n_ctx_train"]
-            n = n_ctx if n_ctx > 0 else n_train
-            if n_train > 0:
-                n = min(n, n_train)
+            n = _context_length(n_ctx, meta["n_ctx_train"])
             if n <= 0:
                 raise InvalidArgumentError(f"n_ctx=0: {folder / META_NAME} gives no training context; "
                                            f"pass n_ctx")

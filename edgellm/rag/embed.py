@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -87,14 +87,12 @@ class OnnxEmbedder:
             TextEmbedding.add_custom_model(model=name, pooling=pool, normalization=normalize,
                                            sources=ModelSource(hf="edgellm-local/none"), dim=self.dim,
                                            model_file=model_file)
-        self._model = TextEmbedding(model_name=name, specific_model_path=str(self.folder),
-                                    threads=threads or os.cpu_count(), local_files_only=True)
+        self._name = name
+        self._model = self._session(threads or os.cpu_count())
         # Queries run on a one-thread session of their own, made on first use: a query is a few tokens,
         # and ONNX Runtime's idle worker threads spin on the cores for a while after each run, which would
         # halve the speed of the vector scan that follows on a two-core machine.
         self._query_model: TextEmbedding | None = None
-        self._query_args = {"model_name": name, "specific_model_path": str(self.folder), "threads": 1,
-                            "local_files_only": True}
         self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self._tokenizer.no_truncation()
         self._tokenizer.no_padding()
@@ -111,11 +109,16 @@ class OnnxEmbedder:
         out[order] = vectors
         return out
 
+    def _session(self, threads: int | None) -> Any:
+        """fastembed's model (an ONNX Runtime session) over the folder, with `threads` intra-op threads."""
+        from fastembed import TextEmbedding
+
+        return TextEmbedding(model_name=self._name, specific_model_path=str(self.folder), threads=threads,
+                             local_files_only=True)
+
     def embed_query(self, text: str) -> np.ndarray:
         if self._query_model is None:
-            from fastembed import TextEmbedding
-
-            self._query_model = TextEmbedding(**self._query_args)
+            self._query_model = self._session(1)
         return np.asarray(next(iter(self._query_model.query_embed([text]))), dtype=np.float32)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgellm import _core
-from edgellm.quant import GGMLType
+from edgellm.quant import GGMLType, quantize
 from edgellm.rag.embed import Embedder
 from edgellm.rag.store import Store
 
@@ -56,8 +56,12 @@ def keyword_query(text: str) -> str | None:
     """An FTS5 query for free text: its words (stopwords dropped unless nothing else is left), each quoted
     so that no word is read as FTS syntax, joined with OR; BM25 ranks chunks with more and rarer words first."""
     words = [w.lower() for w in _WORD.findall(text)]
-    kept = list(dict.fromkeys(w for w in words if w not in STOPWORDS)) or list(dict.fromkeys(words))
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in kept) if kept else None
+    kept = [w for w in words if w not in STOPWORDS] or words
+    seen: list[str] = []
+    for w in kept:
+        if w not in seen:
+            seen.append(w)
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in seen) if seen else None
 
 
 def _path_filter(path: str | None) -> tuple[str, list[Any]]:
@@ -81,14 +85,12 @@ _VEC0_MAX_K = 4096  # sqlite-vec refuses a KNN query for more neighbours
 
 
 class Searcher:
-    def __init__(self, store: Store, embedder: Embedder, *, warm_min_vectors: int = WARM_MIN_VECTORS,
-                 n_threads: int = 0) -> None:
+    def __init__(self, store: Store, embedder: Embedder, *, warm_min_vectors: int = WARM_MIN_VECTORS) -> None:
         self.store = store
         self.embedder = embedder
         self.warm_min_vectors = warm_min_vectors
-        self.n_threads = n_threads  # of the vector scan (0 = all cores)
         self._matrix: tuple[np.ndarray, Any] | None = None
-        self._version: tuple[int, int] = (-1, -1)  # the index version _matrix and _n_vectors describe
+        self._matrix_version: tuple[int, int] = (-1, -1)  # the index version _matrix and _n_vectors describe
         self._n_vectors = 0
 
     def search(self, query: str, *, k: int = 5, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
@@ -117,11 +119,8 @@ class Searcher:
         product over a memory-resident float16 copy of its vectors (refreshed when the index changes)."""
         q = np.ascontiguousarray(self.embedder.embed_query(query), dtype=np.float32)
         where, args = _path_filter(path)
-        self._refresh()
+        matrix = self._warm_matrix()
         total = self._n_vectors
-        if self._matrix is None and total >= self.warm_min_vectors:
-            self._matrix = self._load_matrix()
-        matrix = self._matrix
         if matrix is None and (path or k > _VEC0_MAX_K) and total > _VEC0_MAX_K:
             # more neighbours than vec0's KNN returns at once may be needed (a narrow filter, a huge k)
             matrix = self._load_matrix()
@@ -150,22 +149,27 @@ class Searcher:
                 return hits[:k]
             want = min(total, want * 4)
 
-    def _refresh(self) -> None:
-        """Keeps _n_vectors, the vector (and chunk) count, for the index version, and drops the vector copy
-        when the index changed (ours: the store's generation; another process's: SQLite's data_version).
-        Counting costs a scan of vec0's rowids: done once per version."""
+    def _warm_matrix(self) -> tuple[np.ndarray, Any] | None:
+        """(ids, the vectors' float16 RowMatrix) for a big index, loaded once and reloaded after any write
+        (ours: the store's generation; another process's: SQLite's data_version); None for a small index.
+        Also keeps _n_vectors, the vector count, for the same version: counting costs a scan of vec0's
+        rowids."""
         version = (self.store.generation, self.store._query_one("PRAGMA data_version")[0])
-        if self._version != version:
-            self._matrix, self._version = None, version
-            self._n_vectors = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
+        if self._matrix_version == version:
+            return self._matrix
+        self._matrix, self._matrix_version = None, version
+        self._n_vectors = self.store._query_one("SELECT count(*) FROM chunks_vec")[0]
+        if self._n_vectors >= self.warm_min_vectors:
+            self._matrix = self._load_matrix()
+        return self._matrix
 
     def _load_matrix(self) -> tuple[np.ndarray, Any]:
         """(ids, the vectors as float16 rows in the core's RowMatrix)."""
         rows = self.store._query("SELECT chunk_id, embedding FROM chunks_vec")
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), self.embedder.dim)
-        packed = _core.quantize(np.ascontiguousarray(vectors), int(GGMLType.F16))
-        return ids, _core.RowMatrix(packed, int(GGMLType.F16), self.embedder.dim, self.n_threads)
+        packed = quantize(vectors, GGMLType.F16)
+        return ids, _core.RowMatrix(packed, int(GGMLType.F16), self.embedder.dim)
 
     def keyword_ids(self, query: str, k: int, path: str | None = None) -> list[tuple[int, float]]:
         """(chunk id, -bm25), best first."""
