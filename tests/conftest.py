@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.tiny_models import tiny_checkpoint
+from helpers.tiny_models import tiny_checkpoint, trained_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -21,20 +21,29 @@ def _run_outside_the_source_tree(tmp_path_factory):
     os.chdir(old)
 
 
-@pytest.fixture(scope="session")
-def convert_tiny(tmp_path_factory):
-    """convert_tiny(arch, quant) -> our GGUF of the tiny `arch` checkpoint, converted once per session."""
+def _converter(out_dir: Path, checkpoint):
     from edgellm.converters.convert import ConvertOptions, convert
 
-    out_dir = tmp_path_factory.mktemp("tiny-gguf")
     done: dict[tuple[str, str], Path] = {}
 
     def run(arch: str, quant: str = "f32") -> Path:
         key = (arch, quant)
         if key not in done:
             out = out_dir / f"{arch}-{quant}.gguf"
-            convert(tiny_checkpoint(arch), out, ConvertOptions(quant=quant, progress=False))
+            convert(checkpoint(arch), out, ConvertOptions(quant=quant, progress=False))
             done[key] = out
         return done[key]
 
     return run
+
+
+@pytest.fixture(scope="session")
+def convert_tiny(tmp_path_factory):
+    """convert_tiny(arch, quant) -> our GGUF of the tiny random `arch` checkpoint, converted once per session."""
+    return _converter(tmp_path_factory.mktemp("tiny-gguf"), tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def convert_trained(tmp_path_factory):
+    """convert_trained(arch, quant) -> our GGUF of the trained tiny `arch` checkpoint, converted once."""
+    return _converter(tmp_path_factory.mktemp("trained-gguf"), trained_checkpoint)

@@ -1,8 +1,9 @@
-"""Tiny random checkpoints of every architecture we convert, and logits from transformers for them.
+"""Tiny checkpoints of every architecture we convert, and logits from transformers for them.
 
 `tiny_checkpoint(arch)` builds a small model with transformers from a fixed config and seed, saves it with
 its tokenizer (the SmolLM2 BPE tokenizer, or a small SentencePiece model) and caches the folder under
-`cache_dir()`. `hf_logits` runs transformers on a checkpoint folder; `gguf_logits` runs transformers on one
+`cache_dir()`. `trained_checkpoint(arch)` is the same model trained on a page of GPL-3 until it predicts that
+text with clear margins (what quantized files are measured on). `hf_logits` runs transformers on a checkpoint folder; `gguf_logits` runs transformers on one
 of our GGUF files (`from_pretrained(folder, gguf_file=name)`), the independent reader we compare against.
 
 transformers' GGUF loader does not read rope scaling keys, so `gguf_config` maps the rope keys of our file
@@ -176,6 +177,66 @@ def tiny_checkpoint(arch: str) -> Path:
     if arch not in TINY:
         raise KeyError(f"unknown tiny model {arch!r} (have: {', '.join(TINY)})")
     return cached_dir(f"tiny-{arch}-v2-{transformers_tag()}", lambda d: build_tiny(d, arch))
+
+
+# Trained tiny models: the same configs and tokenizers, from transformers' own initialisation (seeded), trained
+# with Adam on the first TRAIN_TOKENS tokens of GPL-3 until they know that text by heart.
+TRAIN_TOKENS = 1024
+TRAIN_STEPS = 400
+GPL3 = Path("/usr/share/common-licenses/GPL-3")
+
+
+def build_trained(dst: Path, arch: str) -> None:
+    """Write the trained tiny `arch` checkpoint into dst, with the ids it was trained on (train_ids.json).
+
+    Random models' logits are near-Gaussian over 49k tokens, so weight rounding flips their top token on
+    5-60% of positions whatever the runtime does; a model that has learnt its text has clear winners there,
+    which is what quantized files must keep. The loss is taken over the tokens that occur in the text only
+    (the other rows of the output matrix keep their small initial values and never win), which makes a step
+    ~30x cheaper than a full 49k-way softmax; the saved model is an ordinary full-vocabulary checkpoint."""
+    import shutil
+
+    import torch
+    import transformers
+
+    src = tiny_checkpoint(arch)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, dst / f.name)
+    tok = transformers.AutoTokenizer.from_pretrained(src)
+    ids = tok(GPL3.read_text(), add_special_tokens=False)["input_ids"][:TRAIN_TOKENS]
+    config = transformers.AutoConfig.from_pretrained(src)
+    torch.manual_seed(SEED)
+    model = getattr(transformers, TINY[arch][0])(config).train()
+    data = torch.tensor(ids)
+    used = torch.unique(data)
+    column = torch.zeros(config.vocab_size, dtype=torch.long)
+    column[used] = torch.arange(len(used))
+    gen = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    seq, batch = 64, 8
+    for _ in range(TRAIN_STEPS):
+        starts = torch.randint(0, len(ids) - seq, (batch,), generator=gen)
+        x = torch.stack([data[s : s + seq] for s in starts])
+        hidden = model.model(x).last_hidden_state[:, :-1]
+        logits = hidden @ model.lm_head.weight[used].T
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, len(used)), column[x[:, 1:]].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(dst)
+    (dst / "train_ids.json").write_text(json.dumps(ids))
+
+
+def trained_checkpoint(arch: str) -> Path:
+    """The cached trained tiny checkpoint folder of one of TINY's names."""
+    if arch not in TINY:
+        raise KeyError(f"unknown tiny model {arch!r} (have: {', '.join(TINY)})")
+    return cached_dir(f"tiny-trained-{arch}-v1-{transformers_tag()}", lambda d: build_trained(d, arch))
+
+
+def trained_ids(model_dir: Path) -> list[int]:
+    return json.loads((model_dir / "train_ids.json").read_text())
 
 
 @lru_cache(maxsize=8)
