@@ -225,7 +225,7 @@ void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatr
 // Without importance weights, q8_0 keeps the plain scale (largest weight exact at +-127) and gives
 // every weight its nearest level under the stored f16 scale (ggml rounds against the unrounded one).
 // The free search lowers the weight RMSE (0.88x) but raised SmolLM2's perplexity on two license texts
-// in llama.cpp's runtime (GPL-3 18.504 vs 18.420, Apache-2.0 + MPL-2.0 13.412 vs 13.349); with
+// in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0 13.412 vs 13.339); with
 // importance weights the search is measured on what matters and stays.
 void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
     int8_t L[QK];
