@@ -162,15 +162,16 @@ def smollm2_weights() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("qtype", GGUF_PY_QUANTIZES, ids=lambda t: t.name)
 def test_error_not_worse_than_gguf_py(qtype, smollm2_weights):
     for name, x in smollm2_weights.items():
-        ours = dequantize(quantize(x, qtype), qtype, x.shape)
+        ours_bytes = quantize(x, qtype)
+        ours = dequantize(ours_bytes, qtype, x.shape)
         theirs_bytes = gguf.quants.quantize(x, GT(int(qtype)))
         theirs = ref_dequantize(theirs_bytes, qtype, x.shape)
         e_ours, e_theirs = sse(x, ours), sse(x, theirs)
         assert e_ours <= e_theirs * (1 + 1e-9), f"{name}: ours {e_ours:.6g} > gguf-py {e_theirs:.6g}"
         if qtype == GGMLType.Q8_0:
             # q8_0 keeps the plain scale (largest weight exact) and the nearest level under it
-            d_ours = quantize(x, qtype).reshape(-1, 34)[:, :2]
-            assert np.array_equal(d_ours, np.asarray(theirs_bytes).reshape(-1, 34)[:, :2]), name
+            scales = ours_bytes.reshape(-1, 34)[:, :2]
+            assert np.array_equal(scales, np.asarray(theirs_bytes).reshape(-1, 34)[:, :2]), name
         elif qtype in LEGACY and e_theirs > 0:
             assert e_ours < 0.98 * e_theirs, f"{name}: the scale search should beat plain rounding"
 

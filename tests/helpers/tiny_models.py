@@ -3,8 +3,9 @@
 `tiny_checkpoint(arch)` builds a small model with transformers from a fixed config and seed, saves it with
 its tokenizer (the SmolLM2 BPE tokenizer, or a small SentencePiece model) and caches the folder under
 `cache_dir()`. `trained_checkpoint(arch)` is the same model trained on a page of GPL-3 until it predicts that
-text with clear margins (what quantized files are measured on). `hf_logits` runs transformers on a checkpoint folder; `gguf_logits` runs transformers on one
-of our GGUF files (`from_pretrained(folder, gguf_file=name)`), the independent reader we compare against.
+text with clear margins (what quantized files are measured on). `hf_logits` runs transformers on a checkpoint
+folder; `gguf_logits` runs transformers on one of our GGUF files (`from_pretrained(folder, gguf_file=name)`),
+the independent reader we compare against.
 
 transformers' GGUF loader does not read rope scaling keys, so `gguf_config` maps the rope keys of our file
 back into the config before loading: the rope-scaled models are then checked through those keys (without
@@ -172,10 +173,14 @@ def build_tiny(dst: Path, arch: str, dtype: str = "float32") -> None:
     model.save_pretrained(dst)
 
 
-def tiny_checkpoint(arch: str) -> Path:
-    """The cached tiny checkpoint folder of one of TINY's names."""
+def _check_name(arch: str) -> None:
     if arch not in TINY:
         raise KeyError(f"unknown tiny model {arch!r} (have: {', '.join(TINY)})")
+
+
+def tiny_checkpoint(arch: str) -> Path:
+    """The cached tiny checkpoint folder of one of TINY's names."""
+    _check_name(arch)
     return cached_dir(f"tiny-{arch}-v2-{transformers_tag()}", lambda d: build_tiny(d, arch))
 
 
@@ -230,8 +235,7 @@ def build_trained(dst: Path, arch: str) -> None:
 
 def trained_checkpoint(arch: str) -> Path:
     """The cached trained tiny checkpoint folder of one of TINY's names."""
-    if arch not in TINY:
-        raise KeyError(f"unknown tiny model {arch!r} (have: {', '.join(TINY)})")
+    _check_name(arch)
     return cached_dir(f"tiny-trained-{arch}-v1-{transformers_tag()}", lambda d: build_trained(d, arch))
 
 

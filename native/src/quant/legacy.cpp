@@ -228,18 +228,20 @@ void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatr
 // in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0 13.412 vs 13.339); with
 // importance weights the search is measured on what matters and stays.
 void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
+    static constexpr float kOnes[QK] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     int8_t L[QK];
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 34) {
-        float wb[QK];
-        const float* w = block_weights(x, imatrix, b, wb);
         const float amax = std::fabs(signed_absmax(x));
         if (imatrix) {
-            put_u16(y, search_sym(x, w, -128, 127, amax / 127.0f, 3, L));
+            float wb[QK];
+            put_u16(y, search_sym(x, block_weights(x, imatrix, b, wb), -128, 127, amax / 127.0f, 3, L));
         } else {
+            // nearest levels do not depend on the weights: no prior to compute
             const uint16_t h = fp32_to_fp16_sat(amax / 127.0f);
             const float s = fp16_to_fp32(h);
             if (s > 0)
-                fit_levels(x, w, QK, s, 0.0f, -127, 127, L);
+                fit_levels(x, kOnes, QK, s, 0.0f, -127, 127, L);
             else
                 std::memset(L, 0, QK);
             put_u16(y, h);
