@@ -4,9 +4,10 @@
 //    weights (quant::dequantize, the scalar reference) and the activations (for the quantized
 //    types, which take the integer path, the activations as quantized to 16-bit blocks);
 //  - each output is bit-identical whatever the thread count and n_tokens (a token alone or in a
-//    batch: tiles, the fused decode kernels and the unpacked-tile kernels) for a given variant;
-//  - the SIMD dequantizers and get_row are bit-identical to quant::dequantize, and the integer
-//    path's SIMD unpackers to its scalar ones, whose d * v + m is the dequantized weight.
+//    batch: every register tile of tokens) for a given variant, and the SIMD kernels of the
+//    integer path are bit-identical to its scalar reference (they compute the same operations);
+//  - a weight packed once (ops::pack) gives the bits of the same weight packed per call;
+//  - the SIMD dequantizers and get_row are bit-identical to quant::dequantize.
 // ThreadPool: every task runs once, exceptions reach the caller, nested runs work, many short runs.
 // Usage: test_matmul [quick]   (exit status 0 when every check passes)
 #include <algorithm>
@@ -78,14 +79,15 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
         const Weights W = make_weights(rng, type, rows, k);
         // The integer path multiplies the activations quantized to 16-bit blocks: the reference
         // uses the same activations, dequantized (d * q).
-        ops::detail::QFormat qf;
-        const bool integer = ops::detail::qformat(type, &qf);
+        ops::detail::QFmt qf;
+        const bool integer = ops::detail::qfmt(type, &qf);
         std::vector<float> xr = x;
         if (integer) {
             const int64_t nb = k / 32;
             std::vector<int16_t> q(x.size());
             std::vector<float> d(static_cast<size_t>(max_tokens * nb)), s(2 * d.size());
-            ops::detail::quantize_acts(x.data(), max_tokens, k, q.data(), d.data(), s.data());
+            std::vector<int32_t> z(s.size());
+            ops::detail::quantize_acts(qf, x.data(), max_tokens, k, q.data(), d.data(), z.data(), s.data());
             for (size_t j = 0; j < x.size(); ++j) xr[j] = d[j / 32] * static_cast<float>(q[j]);
         }
         // reference: double dot and the magnitude sum_j |w_j x_j| per output
@@ -113,6 +115,13 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
                 worst = std::max(worst, err);
             }
             if (!(worst <= 1e-5)) fail(where + ": relative error " + std::to_string(worst));
+            if (integer && isa != Isa::Scalar) {
+                std::vector<float> ref_bits(base.size());
+                ops::detail::matmul_with(Isa::Scalar, W.bytes.data(), type, rows, k, x.data(), max_tokens,
+                                         ref_bits.data(), *pools[0]);
+                if (std::memcmp(ref_bits.data(), base.data(), base.size() * sizeof(float)) != 0)
+                    fail(where + ": differs from the scalar reference");
+            }
             for (ThreadPool* pool : pools)
                 for (int64_t nt : token_counts)
                     for (int64_t t0 = 0; t0 + nt <= max_tokens; t0 += std::max<int64_t>(nt, 11)) {
@@ -151,42 +160,19 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
                 fail(std::string(tname) + " k=" + std::to_string(k) + " " + ops::detail::isa_name(isa) +
                      ": dequantizer differs from quant::dequantize");
         }
-        // unpackers of the integer path: SIMD bit-identical to the reference
+        // packed once: the bits of packing per call
         if (integer) {
-            const size_t rs = quant::row_size(type, k);
-            auto unpacked = [&](const ops::detail::Kernels* K, std::vector<int16_t>& v, std::vector<float>& d,
-                                std::vector<float>& m) {
-                v.assign(ops::detail::qrows_v_count(rows, k), 0);
-                d.assign(ops::detail::qrows_scale_count(rows, k), 0.0f);
-                m = d;
-                const ops::detail::QRows dst{qf, k, k / 32, v.data(), d.data(), m.data()};
-                if (!K) {
-                    ops::detail::unpack_rows_ref(type, W.bytes.data(), rs, rows, dst, 0);
-                    return true;
-                }
-                return K->qunpack(type, W.bytes.data(), rs, rows, dst, 0);
-            };
-            std::vector<int16_t> v0, v1;
-            std::vector<float> d0, d1, m0, m1;
-            unpacked(nullptr, v0, d0, m0);
-            // d_h * v + m_h is the dequantized weight
-            double worst = 0;
-            for (int64_t r = 0; r < rows; ++r)
-                for (int64_t j = 0; j < k; ++j) {
-                    const size_t h = static_cast<size_t>(r * 2 * (k / 32) + j / 16);
-                    const float v = v0[r * k + j];
-                    const double w = static_cast<double>(d0[h]) * v + m0[h];
-                    worst = std::max(worst, std::fabs(w - W.ref[r * k + j]) / (std::fabs(W.ref[r * k + j]) + 1e-6));
-                }
-            if (!(worst <= 1e-6)) fail(std::string(tname) + ": unpacked rows differ from the dequantized ones");
-            for (Isa isa : {Isa::Avx2, Isa::Avx512}) {
-                if (!ops::detail::isa_available(isa)) continue;
-                const auto* K = isa == Isa::Avx512 ? ops::detail::kernels_avx512() : ops::detail::kernels_avx2();
-                if (!unpacked(K, v1, d1, m1)) continue;
-                if (v1 != v0 || std::memcmp(d1.data(), d0.data(), d0.size() * 4) != 0 ||
-                    std::memcmp(m1.data(), m0.data(), m0.size() * 4) != 0)
-                    fail(std::string(tname) + " " + ops::detail::isa_name(isa) + ": unpacker differs from the reference");
+            const std::unique_ptr<ops::Packed> P = ops::pack(W.bytes.data(), type, rows, k, pools[2]);
+            for (int64_t nt : {int64_t(1), int64_t(3), max_tokens}) {
+                std::vector<float> a(static_cast<size_t>(nt * rows)), b(a.size());
+                ops::matmul(W.bytes.data(), type, rows, k, x.data(), nt, a.data(), *pools[1]);
+                ops::matmul(*P, x.data(), nt, b.data(), *pools[1]);
+                if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
+                    fail(std::string(tname) + " k=" + std::to_string(k) + " rows=" + std::to_string(rows) +
+                         ": packed weight differs from per-call packing");
             }
+        } else if (ops::pack(W.bytes.data(), type, rows, k, nullptr)) {
+            fail(std::string(tname) + ": a float type was packed");
         }
         std::vector<float> row(static_cast<size_t>(k));
         for (int64_t r = 0; r < rows; r += std::max<int64_t>(1, rows / 3)) {
@@ -297,7 +283,7 @@ int main(int argc, char** argv) {
         {T::Q6_K, {256, 768}},
     };
     for (const Case& c : cases)
-        for (int64_t k : c.ks) test_type(rng, c.type, k, {1, 5, 37}, tokens, pools);
+        for (int64_t k : c.ks) test_type(rng, c.type, k, {1, 5, 37, 40}, tokens, pools);
     test_errors();
     test_pool();
     std::string names;

@@ -1,4 +1,5 @@
-// TensorLoader and load_weights: tensor lookup with shape, type and alignment checks.
+// TensorLoader and load_weights: tensor lookup with shape, type and alignment checks, then the
+// quantized matrices repacked for the integer kernels.
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -7,7 +8,13 @@
 #include "gguf/names.h"
 #include "model/model.h"
 #include "model/weights.h"
+#include "common/thread_pool.h"
 #include "ops/matmul.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 namespace edgellm {
 
@@ -22,6 +29,35 @@ std::string shape_str(const gguf::TensorInfo& t) {
     std::string s = "[";
     for (uint32_t i = 0; i < t.n_dims; ++i) s += (i ? ", " : "") + std::to_string(t.ne[i]);
     return s + "]";
+}
+
+// Drops the mapped pages of [p, p + n) from this process (whole pages inside the range): they are
+// not read again once packed, and a read would map them back from the file.
+void release_pages(const uint8_t* p, size_t n) {
+#if defined(__unix__) || defined(__APPLE__)
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+    if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+// Packs every quantized matrix (the work split over the cores), then releases its mapped pages.
+void pack_weights(Weights& w) {
+    ThreadPool pool(0);
+    auto pack = [&](Matrix& m) {
+        if (!m || m.packed) return;
+        std::shared_ptr<const ops::Packed> p = ops::pack(m.data, m.type, m.rows, m.cols, &pool);
+        if (!p) return;
+        m.packed = std::move(p);
+        release_pages(m.data, quant::row_size(m.type, m.cols) * static_cast<size_t>(m.rows));
+    };
+    pack(w.output);  // the embedding table itself when tied: get_row() reads only its rows in use
+    for (Layer& L : w.layers)
+        for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) pack(*m);
 }
 
 }  // namespace
@@ -48,7 +84,7 @@ Matrix TensorLoader::matrix(const std::string& name, int64_t rows, int64_t cols,
     const size_t align = t->type == quant::Type::F32 ? 4 : (tr->block_size == 1 ? 2 : 1);
     if (reinterpret_cast<uintptr_t>(data) % align != 0)
         throw gguf::Error(where + "data is not " + std::to_string(align) + "-byte aligned in the file");
-    return Matrix{data, t->type, rows, cols};
+    return Matrix{data, nullptr, t->type, rows, cols};
 }
 
 std::vector<float> TensorLoader::vector(const std::string& name, int64_t n, const char* why, Need need) const {
@@ -119,6 +155,7 @@ void load_weights(const TensorLoader& t, HParams& hp, const BlockSpec& spec, Wei
         L.ffn_down = t.matrix(blk("ffn_down.weight"), e, ff, "feed_forward_length, embedding_length");
         if (spec.post_norms) L.post_ffn_norm = t.vector(blk("post_ffw_norm.weight"), e, "embedding_length");
     }
+    pack_weights(w);
 }
 
 }  // namespace edgellm

@@ -111,7 +111,10 @@ void rms_norm_heads(Forward& f, float* x, int64_t n_heads, const std::vector<flo
 void linear(Forward& f, const Matrix& W, const float* in, float* out, const std::vector<float>& bias,
             int64_t n_rows) {
     if (n_rows < 0) n_rows = f.n_tokens;
-    ops::matmul(W.data, W.type, W.rows, W.cols, in, n_rows, out, f.pool);
+    if (W.packed)
+        ops::matmul(*W.packed, in, n_rows, out, f.pool);
+    else
+        ops::matmul(W.data, W.type, W.rows, W.cols, in, n_rows, out, f.pool);
     if (bias.empty()) return;
     for (int64_t t = 0; t < n_rows; ++t) {
         float* y = out + t * W.rows;

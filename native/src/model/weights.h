@@ -1,13 +1,16 @@
-// The weights of a model: matrices viewed in place in the mapped GGUF file (never copied), and the
-// small vectors (norms, biases, rope factors) dequantized to f32 once at load. Shapes are given as
+// The weights of a model: float matrices viewed in place in the mapped GGUF file, quantized ones
+// repacked once at load for the integer kernels (ops::pack; the mapped pages they came from are
+// then released), and the small vectors (norms, biases, rope factors) dequantized to f32. Shapes are given as
 // (rows, cols) in row-major terms: a GGUF tensor with ne = [cols, rows].
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "model/hparams.h"
+#include "ops/matmul.h"
 #include "quant/quant.h"
 
 namespace edgellm {
@@ -16,9 +19,11 @@ namespace gguf {
 class Reader;
 }
 
-// rows x cols elements of `type`, quant::row_size(type, cols) bytes per row, inside the map.
+// rows x cols elements of `type`, quant::row_size(type, cols) bytes per row, inside the map; the
+// packed copy once pack_weights() has run (quantized types).
 struct Matrix {
     const uint8_t* data = nullptr;
+    std::shared_ptr<const ops::Packed> packed;
     quant::Type type = quant::Type::F32;
     int64_t rows = 0;
     int64_t cols = 0;

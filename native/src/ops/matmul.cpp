@@ -1,7 +1,8 @@
 // matmul: weight rows split over the pool in tasks of whole row tiles.
-// Quantized weights take the integer path (ops/qgemm.h): activations quantized once per call, then
-// either the fused decode kernel over raw blocks (a few tokens) or tiles of unpacked rows
-// multiplied against every token; both give the same bits.
+// Quantized weights take the integer path (ops/qgemm.h): activations quantized once per call,
+// then each task multiplies its panels against every token; the panels come packed (pack(), at
+// model load) or, for raw rows, are packed by each task into a buffer of its own first. Both give
+// the same bits.
 // F32 / F16 / BF16 weights take the float path: a task dequantizes a tile of rows into a per-thread
 // f32 buffer (sized to stay in cache; F32 is used in place) and multiplies it against every token
 // with the ISA's register-blocked kernel, the summation order fixed by k alone.
@@ -10,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <cstdint>
@@ -18,6 +20,10 @@
 
 #include "common/error.h"
 #include "ops/matmul_kernels.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace edgellm::ops {
 
@@ -53,12 +59,13 @@ void gemm_scalar(const float* w, int64_t ldw, int64_t nr, const float* x, int64_
         }
 }
 
-bool qunpack_scalar(quant::Type, const uint8_t*, size_t, int64_t, const QRows&, int64_t) { return false; }
-bool qfused_scalar(quant::Type, const uint8_t*, size_t, int64_t, const QActs&, int64_t, float*, int64_t) {
-    return false;
+void qgemm_scalar(const QFmt& f, const uint8_t* w, int64_t p0, int64_t np, int64_t rows, const QActs& a, int64_t nt,
+                  float* y, int64_t ldy) {
+    const int64_t r0 = p0 * kPanelRows, r1 = std::min(rows, (p0 + np) * kPanelRows);
+    qgemm_ref(f, w + static_cast<size_t>(p0) * qpanel_bytes(f, a.k), r1 - r0, a, nt, y + r0, ldy);
 }
 
-const Kernels kScalar = {Isa::Scalar, dequant_scalar, gemm_scalar, qunpack_scalar, qgemm_ref, qfused_scalar};
+const Kernels kScalar = {Isa::Scalar, dequant_scalar, gemm_scalar, qgemm_scalar};
 
 const Kernels* kernels_of(Isa isa) {
     switch (isa) {
@@ -100,62 +107,65 @@ constexpr int64_t kRowAlign = 4;                // the kernels' row tile
 constexpr int64_t kPrefillTileBytes = 96 << 10;  // dequantized rows per tile when many tokens reuse them
 constexpr int64_t kDecodeTileBytes = 16 << 10;   // ... and when few do: stay in L1
 constexpr int64_t kManyTokens = 4;
-constexpr int64_t kQTileBytes = 128 << 10;      // unpacked bytes of one integer-path tile
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// The integer path: activations quantized once (in parallel over tokens when there are many),
-// then each task unpacks tiles of its rows and multiplies them against every token.
-void run_qmatmul(const Kernels& K, const QFormat& qf, const uint8_t* W, quant::Type type, size_t rs, int64_t rows,
-                 int64_t k, const float* x, int64_t n_tokens, float* y, ThreadPool& pool, int64_t n_tasks,
-                 int64_t task_rows) {
+int64_t n_panels(int64_t rows) { return (rows + kPanelRows - 1) / kPanelRows; }
+
+// The activations of one call, quantized for format f (in parallel over tokens when there are
+// many), in buffers of the calling thread.
+QActs quantize_for(const QFmt& f, const float* x, int64_t n_tokens, int64_t k, ThreadPool& pool) {
     const int64_t nb = k / kQBlock;
     thread_local std::vector<int16_t> aq;
     thread_local std::vector<float> ad, as;
+    thread_local std::vector<int32_t> az;
     aq.resize(static_cast<size_t>(n_tokens * k));
     ad.resize(static_cast<size_t>(n_tokens * nb));
     as.resize(static_cast<size_t>(n_tokens * 2 * nb));
+    az.resize(static_cast<size_t>(n_tokens * 2 * nb));
     int16_t* q = aq.data();
     float *d = ad.data(), *s = as.data();
+    int32_t* z = az.data();
     if (n_tokens >= 16) {
         const int64_t per = 8, n = (n_tokens + per - 1) / per;
         pool.run(n, [&](int64_t i, int) {
             const int64_t t0 = i * per, nt = std::min(n_tokens, t0 + per) - t0;
-            quantize_acts(x + t0 * k, nt, k, q + t0 * k, d + t0 * nb, s + t0 * 2 * nb);
+            quantize_acts(f, x + t0 * k, nt, k, q + t0 * k, d + t0 * nb, z + t0 * 2 * nb, s + t0 * 2 * nb);
         });
     } else {
-        quantize_acts(x, n_tokens, k, q, d, s);
+        quantize_acts(f, x, n_tokens, k, q, d, z, s);
     }
-    const QActs acts{k, nb, q, d, s};
+    return QActs{k, nb, q, d, z, s};
+}
 
-    // A few tokens: the blocks are decoded in registers, each weight byte read once.
-    if (K.qfused(type, W, rs, 0, acts, n_tokens, y, rows)) {
-        pool.run(n_tasks, [&](int64_t task, int) {
-            const int64_t r0 = task * task_rows, nr = std::min(rows, r0 + task_rows) - r0;
-            K.qfused(type, W + static_cast<size_t>(r0) * rs, rs, nr, acts, n_tokens, y + r0, rows);
-        });
-        return;
-    }
+// Panels per task: a few tasks per thread for balance.
+int64_t panels_per_task(int64_t np, int64_t n_threads) {
+    return std::max<int64_t>(1, (np + 4 * n_threads - 1) / (4 * n_threads));
+}
 
-    // Rows per unpacked tile: its bytes stay in L2 while the tokens pass over it.
-    const int64_t tile_rows = std::max<int64_t>(kRowAlign, (kQTileBytes / (2 * k)) / kRowAlign * kRowAlign);
-    pool.run(n_tasks, [&](int64_t task, int) {
-        thread_local std::vector<int16_t> tv;
-        thread_local std::vector<float> td, tm;
-        const int64_t r_end = std::min(rows, (task + 1) * task_rows);
-        const int64_t n = std::min(tile_rows, r_end - task * task_rows);
-        if (tv.size() < qrows_v_count(n, k)) tv.resize(qrows_v_count(n, k));
-        if (td.size() < qrows_scale_count(n, k)) {
-            td.resize(qrows_scale_count(n, k));
-            tm.resize(qrows_scale_count(n, k));
-        }
-        const QRows tile{qf, k, nb, tv.data(), td.data(), tm.data()};
-        for (int64_t r0 = task * task_rows; r0 < r_end; r0 += tile_rows) {
-            const int64_t nr = std::min(tile_rows, r_end - r0);
-            const uint8_t* src = W + static_cast<size_t>(r0) * rs;
-            if (!K.qunpack(type, src, rs, nr, tile, 0)) unpack_rows_ref(type, src, rs, nr, tile, 0);
-            K.qgemm(tile, nr, acts, n_tokens, y + r0, rows);
-        }
+// The integer path over panels packed beforehand.
+void run_qmatmul_packed(const Kernels& K, const QFmt& f, const uint8_t* panels, int64_t rows, int64_t k,
+                        const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+    const QActs acts = quantize_for(f, x, n_tokens, k, pool);
+    const int64_t np = n_panels(rows), per = panels_per_task(np, pool.n_threads());
+    pool.run((np + per - 1) / per, [&](int64_t task, int) {
+        const int64_t p0 = task * per;
+        K.qgemm(f, panels, p0, std::min(per, np - p0), rows, acts, n_tokens, y, rows);
+    });
+}
+
+// The integer path over raw rows: each task packs its panels into a buffer of its thread first.
+void run_qmatmul(const Kernels& K, const QFmt& f, const uint8_t* W, size_t rs, int64_t rows, int64_t k,
+                 const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+    const QActs acts = quantize_for(f, x, n_tokens, k, pool);
+    const size_t pb = qpanel_bytes(f, k);
+    const int64_t np = n_panels(rows), per = panels_per_task(np, pool.n_threads());
+    pool.run((np + per - 1) / per, [&](int64_t task, int) {
+        thread_local std::vector<uint8_t> buf;
+        const int64_t p0 = task * per, n = std::min(per, np - p0), r0 = p0 * kPanelRows;
+        if (buf.size() < static_cast<size_t>(n) * pb) buf.resize(static_cast<size_t>(n) * pb);
+        qpack(f, W, rs, rows, k, r0, std::min(rows - r0, n * kPanelRows), buf.data());
+        K.qgemm(f, buf.data(), 0, n, rows - r0, acts, n_tokens, y + r0, rows);
     });
 }
 
@@ -176,9 +186,9 @@ void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t ro
     if (task_rows > tile_rows) task_rows = round_up(task_rows, tile_rows);
     const int64_t n_tasks = (rows + task_rows - 1) / task_rows;
 
-    QFormat qf;
-    if (qformat(type, &qf)) {
-        run_qmatmul(K, qf, W, type, rs, rows, k, x, n_tokens, y, pool, n_tasks, task_rows);
+    QFmt qf;
+    if (qfmt(type, &qf)) {
+        run_qmatmul(K, qf, W, rs, rows, k, x, n_tokens, y, pool);
         return;
     }
 
@@ -242,6 +252,50 @@ void matmul_with(Isa isa, const uint8_t* W, quant::Type type, int64_t rows, int6
 void matmul(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x, int64_t n_tokens,
             float* y, ThreadPool& pool) {
     detail::run_matmul(detail::best_kernels(), W, type, rows, k, x, n_tokens, y, pool);
+}
+
+Packed::~Packed() { std::free(data_); }
+
+std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, ThreadPool* pool) {
+    detail::check(type, k);
+    detail::QFmt f;
+    if (!detail::qfmt(type, &f)) return nullptr;
+    const size_t pb = detail::qpanel_bytes(f, k), rs = quant::row_size(type, k);
+    const int64_t np = detail::n_panels(rows);
+    // large weights on 2 MiB boundaries, so that the kernel can back them with huge pages
+    const size_t bytes = static_cast<size_t>(np) * pb;
+    const size_t align = bytes >= (size_t(4) << 20) ? size_t(2) << 20 : 64;
+    void* mem = nullptr;
+    if (bytes && posix_memalign(&mem, align, bytes) != 0)
+        throw Error("cannot allocate " + std::to_string(bytes) + " bytes for a packed weight");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align > 64) madvise(mem, bytes, MADV_HUGEPAGE);
+#endif
+    std::unique_ptr<Packed> out(new Packed());
+    out->type_ = type;
+    out->rows_ = rows;
+    out->cols_ = k;
+    out->bytes_ = bytes;
+    out->data_ = static_cast<uint8_t*>(mem);
+    const int64_t per = 64;  // panels per task
+    auto run = [&](int64_t task) {
+        const int64_t p0 = task * per, r0 = p0 * detail::kPanelRows;
+        const int64_t nr = std::min(rows - r0, per * detail::kPanelRows);
+        detail::qpack(f, W, rs, rows, k, r0, nr, out->data_ + static_cast<size_t>(p0) * pb);
+    };
+    const int64_t n_tasks = (np + per - 1) / per;
+    if (pool)
+        pool->run(n_tasks, [&](int64_t task, int) { run(task); });
+    else
+        for (int64_t task = 0; task < n_tasks; ++task) run(task);
+    return out;
+}
+
+void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+    if (W.rows() <= 0 || n_tokens <= 0) return;
+    detail::QFmt f;
+    detail::qfmt(W.type(), &f);
+    detail::run_qmatmul_packed(detail::best_kernels(), f, W.data(), W.rows(), W.cols(), x, n_tokens, y, pool);
 }
 
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out) {

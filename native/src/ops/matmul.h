@@ -3,7 +3,9 @@
 // model code only calls these functions, never an ISA-specific kernel.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "common/thread_pool.h"
 #include "quant/quant.h"
@@ -23,6 +25,36 @@ bool supports(quant::Type type);
 // evaluated alone or inside a batch.
 void matmul(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x, int64_t n_tokens,
             float* y, ThreadPool& pool);
+
+// A weight repacked for the integer path (ops/qgemm.h: panels of 16 interleaved rows), made
+// once at load; the raw rows are not read again by matmul. Quantized types only.
+class Packed {
+public:
+    ~Packed();
+    Packed(const Packed&) = delete;
+    Packed& operator=(const Packed&) = delete;
+    quant::Type type() const { return type_; }
+    int64_t rows() const { return rows_; }
+    int64_t cols() const { return cols_; }
+    size_t bytes() const { return bytes_; }
+    const uint8_t* data() const { return data_; }
+
+private:
+    friend std::unique_ptr<Packed> pack(const uint8_t*, quant::Type, int64_t, int64_t, ThreadPool*);
+    Packed() = default;
+    quant::Type type_ = quant::Type::F32;
+    int64_t rows_ = 0, cols_ = 0;
+    size_t bytes_ = 0;
+    uint8_t* data_ = nullptr;
+};
+
+// Repacks W (as matmul() takes it); nullptr for the types the float path multiplies (F32, F16,
+// BF16). The work is split over `pool` when given. Throws edgellm::Error as matmul() does, and
+// when the memory cannot be allocated.
+std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, ThreadPool* pool);
+
+// matmul() against a packed weight: the same bits as matmul() on its raw rows.
+void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
 // Row lookup for embeddings: dequantizes row `r` of W (rows of k elements) into out (k floats).
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out);

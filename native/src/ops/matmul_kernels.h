@@ -27,15 +27,10 @@ struct Kernels {
     // depends only on k: the same for any nr, nt or position inside the tile.
     void (*gemm)(const float* w, int64_t ldw, int64_t nr, const float* x, int64_t ldx, int64_t nt, int64_t k, float* y,
                  int64_t ldy);
-    // The integer path (ops/qgemm.h) for the types qformat() accepts. qunpack: rows into dst from
-    // row r_off, exactly as unpack_rows_ref (false: no fast unpacker for the type; the caller uses
-    // the reference). qgemm: y[t * ldy + r] for nr rows of w and nt tokens of a.
-    bool (*qunpack)(quant::Type type, const uint8_t* src, size_t rs, int64_t nr, const QRows& dst, int64_t r_off);
-    void (*qgemm)(const QRows& w, int64_t nr, const QActs& a, int64_t nt, float* y, int64_t ldy);
-    // The same for a few tokens straight from nr raw rows (rs bytes apart), the same bits as
-    // unpacking then qgemm; false when the type or nt is not handled.
-    bool (*qfused)(quant::Type type, const uint8_t* w, size_t rs, int64_t nr, const QActs& a, int64_t nt, float* y,
-                   int64_t ldy);
+    // The integer path (ops/qgemm.h): y[t * ldy + r] for the rows r of panels [p0, p0 + np) of
+    // the panels at w (r < rows) and tokens t < nt of a, bit-identical to qgemm_ref.
+    void (*qgemm)(const QFmt& f, const uint8_t* w, int64_t p0, int64_t np, int64_t rows, const QActs& a, int64_t nt,
+                  float* y, int64_t ldy);
 };
 
 // nullptr when the build target has no such kernels (not x86) or the CPU lacks the instructions.

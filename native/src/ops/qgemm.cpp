@@ -1,10 +1,11 @@
-// The integer path's portable parts: activation quantization, the scalar unpackers of every block
-// format (the layouts are those of quant/dequant.cpp, whose comments describe each), and the
-// scalar reference product the SIMD kernels are tested against.
+// The integer path's portable parts: the formats, the repacking of every block format into panels
+// (the block layouts are those of quant/dequant.cpp, whose comments describe each), activation
+// quantization, and the scalar reference product the SIMD kernels are tested against.
 #include "ops/qgemm.h"
 
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "quant/fp16.h"
 
@@ -14,46 +15,52 @@ namespace {
 
 using quant::Type;
 
-float f16_at(const uint8_t* p) {
+uint16_t u16_at(const uint8_t* p) {
     uint16_t h;
     std::memcpy(&h, p, 2);
-    return quant::fp16_to_fp32(h);
+    return h;
 }
 
-// Sets both halves of block b of one row.
-inline void set_block(float* d, float* m, int64_t b, float dv, float mv) {
-    d[2 * b] = d[2 * b + 1] = dv;
-    m[2 * b] = m[2 * b + 1] = mv;
+float f16_at(const uint8_t* p) { return quant::fp16_to_fp32(u16_at(p)); }
+
+int halves(const QFmt& f) { return f.g16 ? 2 : 1; }
+
+size_t scale_bytes(const QFmt& f) {
+    const size_t per = f.super ? 16 * static_cast<size_t>(halves(f)) : 32;  // i8 per half, or f16
+    return per * (f.has_m ? 2 : 1);
 }
 
-// Legacy formats: nibbles (plus a 5th bit) with d and an offset m.
-void unpack_legacy(Type type, const uint8_t* y, int64_t nb, int16_t* v, float* d, float* m) {
-    const bool has_min = type == Type::Q4_1 || type == Type::Q5_1;
-    const bool five = type == Type::Q5_0 || type == Type::Q5_1;
-    const size_t bs = quant::traits(static_cast<uint32_t>(type))->type_size;
-    for (int64_t b = 0; b < nb; ++b, y += bs, v += 32) {
-        const float dv = f16_at(y);
-        const float mv = has_min ? f16_at(y + 2) : dv * (five ? -16.0f : -8.0f);
-        const uint8_t* p = y + (has_min ? 4 : 2);
-        uint32_t qh = 0;
-        if (five) {
-            std::memcpy(&qh, p, 4);
-            p += 4;
-        }
-        for (int j = 0; j < 16; ++j) {
-            v[j] = static_cast<int16_t>((p[j] & 0x0F) | (((qh >> j) & 1u) << 4));
-            v[j + 16] = static_cast<int16_t>((p[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
-        }
-        set_block(d, m, b, dv, mv);
+size_t value_bytes(const QFmt& f) { return f.nib ? 256 : 512; }
+
+// Offset of group g's record in a panel.
+size_t group_offset(const QFmt& f, int64_t g) {
+    const size_t grp = qgroup_bytes(f);
+    if (!f.super) return static_cast<size_t>(g) * grp;
+    const size_t sb = qheader_bytes(f) + 8 * grp;
+    return static_cast<size_t>(g / 8) * sb + qheader_bytes(f) + static_cast<size_t>(g % 8) * grp;
+}
+
+// Byte of the value array holding value j (0..31) of panel row i, and its shift (nibbles).
+inline size_t value_pos(const QFmt& f, int i, int j, int& shift) {
+    if (f.nib) {
+        const int c = j / 8, w = j % 8, s = w / 2 + 4 * (w % 2);
+        shift = 4 * (s % 2);
+        return static_cast<size_t>(64 * c + 4 * i + s / 2);
     }
+    static const int kPos[4] = {0, 2, 1, 3};
+    shift = 0;
+    return static_cast<size_t>(64 * (j / 4) + 4 * i + kPos[j % 4]);
 }
 
-void unpack_q8_0(const uint8_t* y, int64_t nb, int16_t* v, float* d, float* m) {
-    for (int64_t b = 0; b < nb; ++b, y += 34, v += 32) {
-        for (int j = 0; j < 32; ++j) v[j] = static_cast<int8_t>(y[2 + j]);
-        set_block(d, m, b, f16_at(y), 0.0f);
-    }
-}
+// One row decoded: values v[k] (with the zero point still in), and the scales as the panel
+// stores them: legacy formats d16/m16 per group (raw f16 bits); k-quants D16/Dmin16 per
+// super-block and sc/mn per group half.
+struct RowParts {
+    std::vector<int8_t> v;
+    std::vector<uint16_t> d16, m16;
+    std::vector<int8_t> sc;
+    std::vector<uint8_t> mn;
+};
 
 void scale_min_k4(int j, const uint8_t* q, int& sc, int& mn) {
     if (j < 4) {
@@ -65,94 +72,209 @@ void scale_min_k4(int j, const uint8_t* q, int& sc, int& mn) {
     }
 }
 
-// q4_K / q5_K: 8 blocks of 32 per super-block, scale d*sc and offset -(dmin*mn) each.
-void unpack_q45_K(bool five, const uint8_t* y, int64_t nb, int16_t* v, float* d, float* m) {
-    const size_t bs = five ? 176 : 144;
-    for (int64_t sb = 0; sb < nb / 8; ++sb, y += bs) {
-        const float dd = f16_at(y), dmin = f16_at(y + 2);
-        const uint8_t* qh = y + 16;
-        const uint8_t* qs = y + (five ? 48 : 16);
-        for (int j = 0; j < 8; ++j, v += 32) {
-            int sc, mn;
-            scale_min_k4(j, y + 4, sc, mn);
-            const uint8_t* q = qs + 32 * (j / 2);
-            const int shift = 4 * (j % 2);
-            for (int l = 0; l < 32; ++l) {
-                const int hi = five ? ((qh[l] >> j) & 1) << 4 : 0;
-                v[l] = static_cast<int16_t>(((q[l] >> shift) & 0xF) | hi);
+void decode_row(const QFmt& f, const uint8_t* y, int64_t k, RowParts& o) {
+    const int64_t nb = k / 32;
+    o.v.resize(static_cast<size_t>(k));
+    int8_t* v = o.v.data();
+    switch (f.type) {
+        case Type::Q4_0: case Type::Q4_1: case Type::Q5_0: case Type::Q5_1: {
+            const bool has_min = f.has_m, five = !f.nib;
+            const size_t bs = quant::traits(static_cast<uint32_t>(f.type))->type_size;
+            o.d16.resize(static_cast<size_t>(nb));
+            o.m16.resize(has_min ? static_cast<size_t>(nb) : 0);
+            for (int64_t b = 0; b < nb; ++b, y += bs, v += 32) {
+                o.d16[static_cast<size_t>(b)] = u16_at(y);
+                if (has_min) o.m16[static_cast<size_t>(b)] = u16_at(y + 2);
+                const uint8_t* p = y + (has_min ? 4 : 2);
+                uint32_t qh = 0;
+                if (five) {
+                    std::memcpy(&qh, p, 4);
+                    p += 4;
+                }
+                for (int j = 0; j < 16; ++j) {
+                    v[j] = static_cast<int8_t>((p[j] & 0x0F) | (((qh >> j) & 1u) << 4));
+                    v[j + 16] = static_cast<int8_t>((p[j] >> 4) | (((qh >> (j + 16)) & 1u) << 4));
+                }
             }
-            set_block(d, m, 8 * sb + j, dd * static_cast<float>(sc), -(dmin * static_cast<float>(mn)));
+            return;
+        }
+        case Type::Q8_0:
+            o.d16.resize(static_cast<size_t>(nb));
+            for (int64_t b = 0; b < nb; ++b, y += 34, v += 32) {
+                o.d16[static_cast<size_t>(b)] = u16_at(y);
+                for (int j = 0; j < 32; ++j) v[j] = static_cast<int8_t>(y[2 + j]);
+            }
+            return;
+        default:
+            break;
+    }
+    // k-quants: super-blocks of 256
+    const int64_t ns = k / 256;
+    o.d16.resize(static_cast<size_t>(ns));
+    o.m16.resize(f.has_m ? static_cast<size_t>(ns) : 0);
+    o.sc.resize(static_cast<size_t>(nb * halves(f)));
+    o.mn.resize(f.has_m ? o.sc.size() : 0);
+    for (int64_t sb = 0; sb < ns; ++sb, v += 256) {
+        const size_t s0 = static_cast<size_t>(sb * 8 * halves(f));
+        switch (f.type) {
+            case Type::Q4_K: case Type::Q5_K: {
+                const bool five = f.type == Type::Q5_K;
+                o.d16[static_cast<size_t>(sb)] = u16_at(y);
+                o.m16[static_cast<size_t>(sb)] = u16_at(y + 2);
+                const uint8_t* qh = y + 16;
+                const uint8_t* qs = y + (five ? 48 : 16);
+                for (int j = 0; j < 8; ++j) {
+                    int sc, mn;
+                    scale_min_k4(j, y + 4, sc, mn);
+                    o.sc[s0 + j] = static_cast<int8_t>(sc);
+                    o.mn[s0 + j] = static_cast<uint8_t>(mn);
+                    const uint8_t* q = qs + 32 * (j / 2);
+                    const int shift = 4 * (j % 2);
+                    for (int l = 0; l < 32; ++l) {
+                        const int hi = five ? ((qh[l] >> j) & 1) << 4 : 0;
+                        v[32 * j + l] = static_cast<int8_t>(((q[l] >> shift) & 0xF) | hi);
+                    }
+                }
+                y += five ? 176 : 144;
+                break;
+            }
+            case Type::Q2_K:
+                o.d16[static_cast<size_t>(sb)] = u16_at(y + 80);
+                o.m16[static_cast<size_t>(sb)] = u16_at(y + 82);
+                for (int e = 0; e < 256; ++e)
+                    v[e] = static_cast<int8_t>((y[16 + 32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3);
+                for (int s = 0; s < 16; ++s) {
+                    o.sc[s0 + s] = static_cast<int8_t>(y[s] & 0xF);
+                    o.mn[s0 + s] = static_cast<uint8_t>(y[s] >> 4);
+                }
+                y += 84;
+                break;
+            case Type::Q3_K: {
+                o.d16[static_cast<size_t>(sb)] = u16_at(y + 108);
+                const uint8_t* s = y + 96;
+                for (int e = 0; e < 256; ++e) {
+                    const int low = (y[32 + 32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3;
+                    const int high = (y[e % 32] >> (e / 32)) & 1;
+                    v[e] = static_cast<int8_t>(low + (high ? 4 : 0));
+                }
+                for (int j = 0; j < 16; ++j) {
+                    const int lo = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
+                    const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
+                    o.sc[s0 + j] = static_cast<int8_t>((lo | (hi << 4)) - 32);
+                }
+                y += 110;
+                break;
+            }
+            case Type::Q6_K:
+                o.d16[static_cast<size_t>(sb)] = u16_at(y + 208);
+                for (int e = 0; e < 256; ++e) {
+                    const int h = e / 128, kk = (e % 128) / 32, l = e % 32;
+                    const int low = (y[64 * h + 32 * (kk % 2) + l] >> (4 * (kk / 2))) & 0xF;
+                    const int high = (y[128 + 32 * h + l] >> (2 * kk)) & 3;
+                    v[e] = static_cast<int8_t>(low | (high << 4));
+                }
+                for (int j = 0; j < 16; ++j) o.sc[s0 + j] = static_cast<int8_t>(y[192 + j]);
+                y += 210;
+                break;
+            default:
+                return;  // qfmt() refused it; never here
         }
     }
 }
 
-// q2_K: 2-bit values, per 16: scale d*sc and offset -(dmin*mn).
-void unpack_q2_K(const uint8_t* y, int64_t nb, int16_t* v, float* d, float* m) {
-    for (int64_t sb = 0; sb < nb / 8; ++sb, y += 84, v += 256) {
-        const float dd = f16_at(y + 80), dmin = f16_at(y + 82);
-        for (int e = 0; e < 256; ++e)
-            v[e] = static_cast<int16_t>((y[16 + 32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3);
-        for (int s = 0; s < 16; ++s) {
-            d[16 * sb + s] = dd * static_cast<float>(y[s] & 0xF);
-            m[16 * sb + s] = -(dmin * static_cast<float>(y[s] >> 4));
-        }
+// Scale d and offset m of half h of group g of row i of a panel.
+void group_scales(const QFmt& f, const uint8_t* panel, int64_t g, int h, int i, float& d, float& m) {
+    const uint8_t* rec = panel + group_offset(f, g);
+    if (!f.super) {
+        d = f16_at(rec + 2 * i);
+        m = f.has_m ? f16_at(rec + 32 + 2 * i) : 0.0f;
+        return;
     }
+    const uint8_t* hdr = panel + group_offset(f, g - g % 8) - qheader_bytes(f);
+    const int nh = halves(f);
+    d = f16_at(hdr + 2 * i) * static_cast<float>(static_cast<int8_t>(rec[16 * h + i]));
+    m = f.has_m ? -(f16_at(hdr + 32 + 2 * i) * static_cast<float>(rec[16 * nh + 16 * h + i])) : 0.0f;
 }
 
-// q3_K: q = low - (high ? 0 : 4), stored as v = q + 4 in [0, 7] with offset -4 * scale.
-void unpack_q3_K(const uint8_t* y, int64_t nb, int16_t* v, float* d, float* m) {
-    for (int64_t sb = 0; sb < nb / 8; ++sb, y += 110, v += 256) {
-        const float dd = f16_at(y + 108);
-        const uint8_t* s = y + 96;
-        for (int e = 0; e < 256; ++e) {
-            const int low = (y[32 + 32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3;
-            const int high = (y[e % 32] >> (e / 32)) & 1;
-            v[e] = static_cast<int16_t>(low + (high ? 4 : 0));
-        }
-        for (int j = 0; j < 16; ++j) {
-            const int lo = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
-            const int hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
-            const float dl = dd * static_cast<float>((lo | (hi << 4)) - 32);
-            d[16 * sb + j] = dl;
-            m[16 * sb + j] = dl * -4.0f;
-        }
-    }
-}
-
-// q6_K: v in [0, 63], scale d*sc per 16 and offset -32 * scale.
-void unpack_q6_K(const uint8_t* y, int64_t nb, int16_t* v, float* d, float* m) {
-    for (int64_t sb = 0; sb < nb / 8; ++sb, y += 210, v += 256) {
-        const float dd = f16_at(y + 208);
-        const int8_t* sc = reinterpret_cast<const int8_t*>(y + 192);
-        for (int e = 0; e < 256; ++e) {
-            const int h = e / 128, k = (e % 128) / 32, l = e % 32;
-            const int low = (y[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0xF;
-            const int high = (y[128 + 32 * h + l] >> (2 * k)) & 3;
-            v[e] = static_cast<int16_t>(low | (high << 4));
-        }
-        for (int j = 0; j < 16; ++j) {
-            const float dl = dd * static_cast<float>(sc[j]);
-            d[16 * sb + j] = dl;
-            m[16 * sb + j] = dl * -32.0f;
-        }
-    }
+int value_at(const QFmt& f, const uint8_t* vals, int i, int j) {
+    int shift;
+    const uint8_t b = vals[value_pos(f, i, j, shift)];
+    return f.nib ? (b >> shift) & 0xF : static_cast<int8_t>(b);
 }
 
 }  // namespace
 
-bool qformat(quant::Type type, QFormat* f) {
+bool qfmt(quant::Type type, QFmt* f) {
+    QFmt q;
+    q.type = type;
     switch (type) {
-        case Type::Q4_0: case Type::Q4_1: case Type::Q5_0: case Type::Q5_1: case Type::Q4_K: case Type::Q5_K:
-            *f = {false, true};
-            return true;
-        case Type::Q8_0:
-            *f = {false, false};
-            return true;
-        case Type::Q2_K: case Type::Q3_K: case Type::Q6_K:
-            *f = {true, true};
-            return true;
-        default:
-            return false;
+        case Type::Q4_0: q.nib = true; q.z = 8; break;
+        case Type::Q4_1: q.nib = true; q.has_m = true; break;
+        case Type::Q5_0: q.z = 16; break;
+        case Type::Q5_1: q.has_m = true; break;
+        case Type::Q8_0: break;
+        case Type::Q2_K: q.nib = q.g16 = q.has_m = q.super = true; break;
+        case Type::Q3_K: q.nib = q.g16 = q.super = true; q.z = 4; break;
+        case Type::Q4_K: q.nib = q.has_m = q.super = true; break;
+        case Type::Q5_K: q.has_m = q.super = true; break;
+        case Type::Q6_K: q.g16 = q.super = true; q.z = 32; break;
+        default: return false;
+    }
+    *f = q;
+    return true;
+}
+
+size_t qgroup_bytes(const QFmt& f) { return scale_bytes(f) + value_bytes(f); }
+
+size_t qheader_bytes(const QFmt& f) { return f.super ? 32 * (f.has_m ? 2 : 1) : 0; }
+
+size_t qpanel_bytes(const QFmt& f, int64_t k) {
+    const int64_t nb = k / kQBlock;
+    return static_cast<size_t>(nb) * qgroup_bytes(f) + static_cast<size_t>(nb / 8) * qheader_bytes(f);
+}
+
+void qpack(const QFmt& f, const uint8_t* src, size_t rs, int64_t rows, int64_t k, int64_t r0, int64_t nr,
+           uint8_t* dst) {
+    const int64_t nb = k / kQBlock, pb = static_cast<int64_t>(qpanel_bytes(f, k));
+    const int64_t p_first = r0 / kPanelRows, p_end = (r0 + nr + kPanelRows - 1) / kPanelRows;
+    std::memset(dst, 0, static_cast<size_t>((p_end - p_first) * pb));
+    RowParts row;
+    const int nh = halves(f);
+    for (int64_t r = r0; r < r0 + nr && r < rows; ++r) {
+        uint8_t* panel = dst + (r / kPanelRows - p_first) * pb;
+        const int i = static_cast<int>(r % kPanelRows);
+        decode_row(f, src + static_cast<size_t>(r) * rs, k, row);
+        for (int64_t g = 0; g < nb; ++g) {
+            uint8_t* rec = panel + group_offset(f, g);
+            if (!f.super) {
+                std::memcpy(rec + 2 * i, &row.d16[static_cast<size_t>(g)], 2);
+                if (f.has_m) std::memcpy(rec + 32 + 2 * i, &row.m16[static_cast<size_t>(g)], 2);
+            } else {
+                if (g % 8 == 0) {
+                    uint8_t* hdr = rec - qheader_bytes(f);
+                    std::memcpy(hdr + 2 * i, &row.d16[static_cast<size_t>(g / 8)], 2);
+                    if (f.has_m) std::memcpy(hdr + 32 + 2 * i, &row.m16[static_cast<size_t>(g / 8)], 2);
+                }
+                for (int h = 0; h < nh; ++h) {
+                    rec[16 * h + i] = static_cast<uint8_t>(row.sc[static_cast<size_t>(g * nh + h)]);
+                    if (f.has_m) rec[16 * nh + 16 * h + i] = row.mn[static_cast<size_t>(g * nh + h)];
+                }
+            }
+            // each chunk's 4 bytes of row i at once (the order value_pos() gives)
+            uint8_t* vals = rec + scale_bytes(f) + 4 * i;
+            const uint8_t* v = reinterpret_cast<const uint8_t*>(row.v.data()) + 32 * g;
+            for (int c = 0; c < (f.nib ? 4 : 8); ++c) {
+                uint32_t u = 0;
+                if (f.nib) {
+                    for (int p = 0; p < 4; ++p)
+                        u |= (uint32_t(v[8 * c + 2 * p]) << (4 * p)) | (uint32_t(v[8 * c + 2 * p + 1]) << (4 * p + 16));
+                } else {
+                    u = uint32_t(v[4 * c]) | uint32_t(v[4 * c + 2]) << 8 | uint32_t(v[4 * c + 1]) << 16 |
+                        uint32_t(v[4 * c + 3]) << 24;
+                }
+                std::memcpy(vals + 64 * c, &u, 4);
+            }
+        }
     }
 }
 
@@ -161,7 +283,8 @@ bool qformat(quant::Type type, QFormat* f) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
-void quantize_acts(const float* x, int64_t nt, int64_t k, int16_t* q, float* d, float* s) {
+void quantize_acts(const QFmt& f, const float* x, int64_t nt, int64_t k, int16_t* q, float* d, int32_t* zs,
+                   float* s) {
     const int64_t nb = k / kQBlock;
     for (int64_t t = 0; t < nt; ++t)
         for (int64_t b = 0; b < nb; ++b) {
@@ -198,50 +321,45 @@ void quantize_acts(const float* x, int64_t nt, int64_t k, int16_t* q, float* d, 
             for (int j = 16; j < 32; ++j) sum1 += v[j];
             for (int j = 0; j < kQBlock; ++j) qb[j] = static_cast<int16_t>(v[j]);
             d[t * nb + b] = db;
-            s[t * 2 * nb + 2 * b] = db * static_cast<float>(sum0);
-            s[t * 2 * nb + 2 * b + 1] = db * static_cast<float>(sum1);
+            int32_t* zt = zs + t * 2 * nb + 2 * b;
+            float* st = s + t * 2 * nb + 2 * b;
+            if (f.g16) {
+                zt[0] = -f.z * sum0;
+                zt[1] = -f.z * sum1;
+                st[0] = db * static_cast<float>(sum0);
+                st[1] = db * static_cast<float>(sum1);
+            } else {
+                zt[0] = -f.z * (sum0 + sum1);
+                zt[1] = 0;
+                st[0] = db * static_cast<float>(sum0 + sum1);
+                st[1] = 0.0f;
+            }
         }
 }
 
-void unpack_rows_ref(quant::Type type, const uint8_t* src, size_t rs, int64_t nr, const QRows& dst, int64_t r_off) {
-    const int64_t k = dst.k, nb = dst.nb;
-    for (int64_t r = 0; r < nr; ++r) {
-        const uint8_t* y = src + static_cast<size_t>(r) * rs;
-        int16_t* v = dst.v + (r_off + r) * k;
-        float* d = dst.d + (r_off + r) * 2 * nb;
-        float* m = dst.m + (r_off + r) * 2 * nb;
-        switch (type) {
-            case Type::Q4_0: case Type::Q4_1: case Type::Q5_0: case Type::Q5_1:
-                unpack_legacy(type, y, nb, v, d, m);
-                break;
-            case Type::Q8_0: unpack_q8_0(y, nb, v, d, m); break;
-            case Type::Q4_K: unpack_q45_K(false, y, nb, v, d, m); break;
-            case Type::Q5_K: unpack_q45_K(true, y, nb, v, d, m); break;
-            case Type::Q2_K: unpack_q2_K(y, nb, v, d, m); break;
-            case Type::Q3_K: unpack_q3_K(y, nb, v, d, m); break;
-            case Type::Q6_K: unpack_q6_K(y, nb, v, d, m); break;
-            default: break;  // qformat() refused it; the caller never gets here
-        }
-    }
-}
-
-void qgemm_ref(const QRows& w, int64_t nr, const QActs& a, int64_t nt, float* y, int64_t ldy) {
-    const int64_t k = w.k, nb = w.nb;
+void qgemm_ref(const QFmt& f, const uint8_t* w, int64_t nr, const QActs& a, int64_t nt, float* y, int64_t ldy) {
+    const int64_t k = a.k, nb = a.nb;
+    const size_t pb = qpanel_bytes(f, k);
+    const int nh = halves(f), span = 32 / nh;
     for (int64_t t = 0; t < nt; ++t)
         for (int64_t r = 0; r < nr; ++r) {
-            const int16_t* v = w.v + r * k;
+            const uint8_t* panel = w + static_cast<size_t>(r / kPanelRows) * pb;
+            const int i = static_cast<int>(r % kPanelRows);
             const int16_t* q = a.q + t * k;
-            float sum = 0.0f;
-            for (int64_t b = 0; b < nb; ++b)
-                for (int h = 0; h < 2; ++h) {
-                    int32_t dot = 0;
-                    for (int64_t j = 32 * b + 16 * h; j < 32 * b + 16 * h + 16; ++j) {
-                        dot += static_cast<int32_t>(v[j]) * q[j];
-                    }
-                    sum += w.d[r * 2 * nb + 2 * b + h] * a.d[t * nb + b] * static_cast<float>(dot);
-                    if (w.f.has_m) sum += w.m[r * 2 * nb + 2 * b + h] * a.s[t * 2 * nb + 2 * b + h];
+            float acc = 0.0f;
+            for (int64_t g = 0; g < nb; ++g) {
+                const uint8_t* vals = panel + group_offset(f, g) + scale_bytes(f);
+                const float da = a.d[t * nb + g];
+                for (int h = 0; h < nh; ++h) {
+                    float d, m;
+                    group_scales(f, panel, g, h, i, d, m);
+                    int32_t dot = a.zs[t * 2 * nb + 2 * g + h];
+                    for (int j = span * h; j < span * (h + 1); ++j) dot += value_at(f, vals, i, j) * q[32 * g + j];
+                    acc = std::fma(static_cast<float>(dot), d * da, acc);
+                    if (f.has_m) acc = std::fma(m, a.s[t * 2 * nb + 2 * g + h], acc);
                 }
-            y[t * ldy + r] = sum;
+            }
+            y[t * ldy + r] = acc;
         }
 }
 

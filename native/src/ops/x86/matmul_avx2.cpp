@@ -351,12 +351,12 @@ EDGELLM_AVX2 void gemm(const float* w, int64_t ldw, int64_t nr, const float* x, 
 
 #define EDGELLM_QTARGET EDGELLM_AVX2
 #define EDGELLM_QZMM 0
-constexpr int kQRows = 2, kQTokens = 2, kQFusedTokens = 2;  // a small tile: AVX2 has 16 ymm registers
+constexpr int64_t kQMaxTokens = 4;  // a small tile: AVX2 has 16 ymm registers
 #include "ops/x86/qgemm_x86.inc"
 #undef EDGELLM_QTARGET
 #undef EDGELLM_QZMM
 
-const Kernels kAvx2 = {Isa::Avx2, dequant, gemm, qunpack, qgemm, qfused};
+const Kernels kAvx2 = {Isa::Avx2, dequant, gemm, qgemm};
 
 }  // namespace
 

@@ -395,16 +395,16 @@ EDGELLM_AVX512 void gemm(const float* w, int64_t ldw, int64_t nr, const float* x
     }
 }
 
-// ---- integer path: AVX-512 BW + VNNI, a block per zmm register, a 4 x 3 tile ----
+// ---- integer path: AVX-512 BW + VNNI, a panel per zmm register, up to 8 tokens per tile ----
 
 #define EDGELLM_QTARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define EDGELLM_QZMM 1
-constexpr int kQRows = 4, kQTokens = 3, kQFusedTokens = 3;
+constexpr int64_t kQMaxTokens = 8;
 #include "ops/x86/qgemm_x86.inc"
 #undef EDGELLM_QTARGET
 #undef EDGELLM_QZMM
 
-const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, qunpack, qgemm, qfused};
+const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, qgemm};
 
 }  // namespace
 
@@ -418,9 +418,7 @@ const Kernels* kernels_avx512() {
             Kernels out = kAvx512;
             if (!__builtin_cpu_supports("avx512vnni")) {
                 const Kernels* avx2 = kernels_avx2();
-                out.qunpack = avx2->qunpack;
                 out.qgemm = avx2->qgemm;
-                out.qfused = avx2->qfused;
             }
             return out;
         }();
