@@ -1,9 +1,10 @@
 // Attention over the KV cache: grouped-query, causal, optionally windowed.
 //
 // Work is split into tasks of (query head, block of tokens). A task walks the cached keys in
-// tiles of kTile positions anchored at multiples of kTile: each tile's keys and values are
-// read as f32 once (the cache stores keys transposed by tile, so the scores of a query are a loop
-// over the tile that vectorises, and an f16 tile converts in one contiguous pass), then every token of the block folds the tile into a running softmax (online
+// tiles of kTile positions anchored at multiples of kTile (the cache stores keys transposed by
+// tile, so the scores of a query are a loop over the tile that vectorises; an f16 cache is read in
+// place and converted in registers, other types are read as f32 once per tile), and every token of
+// the block folds the tile into a running softmax (online
 // softmax: max, sum and weighted value sum, rescaled when the max grows). A token's result depends
 // only on its own positions and the tile grid, never on which block or chunk it was evaluated in,
 // so token-by-token decode and batched prefill give the same numbers.
@@ -16,12 +17,21 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "model/ops.h"
 #include "quant/fp16.h"
 
 // The vector helpers below are inlined into each ISA variant; their ABI never crosses a call.
 #pragma GCC diagnostic ignored "-Wpsabi"
+// GCC 12's AVX-512 headers trip -W(maybe-)uninitialized on their own _mm512_undefined_*() helpers.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace edgellm {
 
@@ -65,11 +75,14 @@ __attribute__((always_inline)) inline float exp1(float x) {
     return exp16(v)[0];
 }
 
-// One token against one tile of keys.
+// One token against one tile of keys. The keys and values are f32, or f16 (an f16 cache read in
+// place: each value converted exactly in registers as it is used, so the bits are those of a
+// converted copy).
 struct TileStep {
     const float* q;    // (head_dim): the token's query for this head
-    const float* kt;   // (head_dim, kTile): the tile's keys, transposed
-    const float* v;    // (kTile, head_dim): the tile's values
+    const void* kt;    // (head_dim, kTile): the tile's keys, transposed
+    const void* v;     // (kTile, head_dim): the tile's values
+    bool f16;          // kt and v hold f16 bits, else f32
     float* s;          // (kTile): scratch for the scores
     int64_t a, b;      // the token's keys are tile offsets [a, b)
     int64_t hd;
@@ -79,15 +92,60 @@ struct TileStep {
     float* acc;        // (head_dim): running sum of exp(score - m) * value
 };
 
-__attribute__((always_inline)) inline void tile_step_body(const TileStep& t) {
+// 16 values from f32 or f16 storage; Cvt converts 16 f16 with the variant's instructions.
+// (Not forced inline: the variants below are flattened, which inlines these into a function of the
+// variant's instruction set, where Cvt's intrinsics may be inlined.)
+template <class Cvt>
+inline f32x16 load16(const float* p) {
+    return load16(p);
+}
+template <class Cvt>
+inline f32x16 load16(const uint16_t* p) {
+    return Cvt::load(p);
+}
+
+// s[16c + i] = scale * sum_d q[d] * kt[d * kTile + 16c + i] for chunks c < NC, the sum over d in
+// order: NC independent chains, so the adds overlap.
+template <class E, class Cvt, int NC>
+inline void scores(const float* q, const E* kt, int64_t hd, float scale, float* s) {
+    f32x16 sum[NC] = {};
+    for (int64_t d = 0; d < hd; ++d) {
+        const float qd = q[d];
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; ++c) sum[c] += qd * load16<Cvt>(kt + d * kTile + kChunk * c);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) store16(s + kChunk * c, sum[c] * scale);
+}
+
+// acc[16c + i] += sum_j s[j] * v[j * hd + 16c + i] over j in [a, b) in order, for chunks c < NC.
+template <class E, class Cvt, int NC>
+inline void weigh_values(const float* s, const E* v, int64_t a, int64_t b, int64_t hd, float* acc) {
+    f32x16 o[NC];
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) o[c] = load16(acc + kChunk * c);
+    for (int64_t j = a; j < b; ++j) {
+        const float sj = s[j];
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; ++c) o[c] += sj * load16<Cvt>(v + j * hd + kChunk * c);
+    }
+#pragma GCC unroll 4
+    for (int c = 0; c < NC; ++c) store16(acc + kChunk * c, o[c]);
+}
+
+template <class E, class Cvt>
+inline void tile_step_body(const TileStep& t) {
     const int64_t hd = t.hd, a = t.a, b = t.b;
     const int64_t c0 = a / kChunk * kChunk;  // chunks [c0, b) of 16 keys cover [a, b)
+    const E* kt = static_cast<const E*>(t.kt);
+    const E* v = static_cast<const E*>(t.v);
     float* s = t.s;
     // scores (keys outside [a, b) in a chunk are computed and ignored)
-    for (int64_t jc = c0; jc < b; jc += kChunk) {
-        f32x16 sum = {};
-        for (int64_t d = 0; d < hd; ++d) sum += t.q[d] * load16(t.kt + d * kTile + jc);
-        store16(s + jc, sum * t.scale);
+    switch ((b - c0 + kChunk - 1) / kChunk) {
+        case 1: scores<E, Cvt, 1>(t.q, kt + c0, hd, t.scale, s + c0); break;
+        case 2: scores<E, Cvt, 2>(t.q, kt + c0, hd, t.scale, s + c0); break;
+        case 3: scores<E, Cvt, 3>(t.q, kt + c0, hd, t.scale, s + c0); break;
+        default: scores<E, Cvt, 4>(t.q, kt + c0, hd, t.scale, s + c0); break;
     }
     float mx = -std::numeric_limits<float>::infinity();
     for (int64_t j = a; j < b; ++j) mx = std::max(mx, s[j]);
@@ -103,20 +161,64 @@ __attribute__((always_inline)) inline void tile_step_body(const TileStep& t) {
     *t.l = l;
     // values, 16 dims at a time, summed over the keys in order
     const int64_t hd16 = hd / kChunk * kChunk;
-    for (int64_t dc = 0; dc < hd16; dc += kChunk) {
-        f32x16 o = load16(t.acc + dc);
-        for (int64_t j = a; j < b; ++j) o += s[j] * load16(t.v + j * hd + dc);
-        store16(t.acc + dc, o);
-    }
+    int64_t dc = 0;
+    for (; dc + 4 * kChunk <= hd16; dc += 4 * kChunk) weigh_values<E, Cvt, 4>(s, v + dc, a, b, hd, t.acc + dc);
+    for (; dc < hd16; dc += kChunk) weigh_values<E, Cvt, 1>(s, v + dc, a, b, hd, t.acc + dc);
     for (int64_t d = hd16; d < hd; ++d)
-        for (int64_t j = a; j < b; ++j) t.acc[d] += s[j] * t.v[j * hd + d];
+        for (int64_t j = a; j < b; ++j) {
+            float vj;
+            if constexpr (std::is_same_v<E, float>)
+                vj = v[j * hd + d];
+            else
+                vj = quant::fp16_to_fp32(v[j * hd + d]);
+            t.acc[d] += s[j] * vj;
+        }
 }
 
-void tile_step_generic(const TileStep& t) { tile_step_body(t); }
+struct CvtScalar {
+    static f32x16 load(const uint16_t* p) {
+        f32x16 r;
+        for (int i = 0; i < 16; ++i) r[i] = quant::fp16_to_fp32(p[i]);
+        return r;
+    }
+};
+
+__attribute__((flatten)) void tile_step_generic(const TileStep& t) {
+    if (t.f16)
+        tile_step_body<uint16_t, CvtScalar>(t);
+    else
+        tile_step_body<float, CvtScalar>(t);
+}
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx2"))) void tile_step_avx2(const TileStep& t) { tile_step_body(t); }
-__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) void tile_step_avx512(const TileStep& t) {
-    tile_step_body(t);
+struct CvtAvx2 {
+    __attribute__((target("avx2,f16c"))) static inline f32x16 load(const uint16_t* p) {
+        const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+        f32x16 r;
+        std::memcpy(&r, &lo, 32);
+        std::memcpy(reinterpret_cast<char*>(&r) + 32, &hi, 32);
+        return r;
+    }
+};
+struct CvtAvx512 {
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) static inline f32x16 load(const uint16_t* p) {
+        const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        f32x16 r;
+        std::memcpy(&r, &v, 64);
+        return r;
+    }
+};
+__attribute__((target("avx2,f16c"), flatten)) void tile_step_avx2(const TileStep& t) {
+    if (t.f16)
+        tile_step_body<uint16_t, CvtAvx2>(t);
+    else
+        tile_step_body<float, CvtAvx2>(t);
+}
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"), flatten)) void tile_step_avx512(const TileStep& t) {
+    if (t.f16)
+        tile_step_body<uint16_t, CvtAvx512>(t);
+    else
+        tile_step_body<float, CvtAvx512>(t);
 }
 #endif
 
@@ -146,6 +248,7 @@ void attention(Forward& f, int64_t il, int64_t window) {
     // 1. This chunk's keys and values go into the cache first: every token then reads all its keys,
     // its own chunk's included, from the same f16 storage.
     KvCache& cache = f.cache;
+    const bool f16 = cache.type() == quant::Type::F16;  // read in place, converted in registers
     for (int64_t t = 0; t < T; ++t) cache.write(il, f.pos0 + t, f.k + t * n_kv, f.v + t * n_kv);
 
     // 2. Tasks: (head, token block), enough of them to keep every thread busy.
@@ -170,14 +273,20 @@ void attention(Forward& f, int64_t il, int64_t window) {
         const int64_t lo = first_key(t0), hi = f.pos0 + t1;  // keys [lo, hi) cover the block
         for (int64_t ts = lo / kTile * kTile; ts < hi; ts += kTile) {
             const int64_t j0 = std::max(ts, lo), j1 = std::min(ts + kTile, hi);
-            const float* kt = cache.keys(il, kvh, ts / kTile, j1 - ts, kbuf);
-            const float* vt = cache.values(il, kvh, ts, j1 - ts, vbuf);
+            const void *kt, *vt;
+            if (f16) {
+                kt = cache.keys_f16(il, kvh, ts / kTile);
+                vt = cache.values_f16(il, kvh, ts);
+            } else {
+                kt = cache.keys(il, kvh, ts / kTile, j1 - ts, kbuf);
+                vt = cache.values(il, kvh, ts, j1 - ts, vbuf);
+            }
             for (int64_t t = t0; t < t1; ++t) {
                 // keys of this token inside the tile, as offsets [a, b) from ts
                 const int64_t a = std::max(j0, first_key(t)) - ts, b = std::min(j1, f.pos0 + t + 1) - ts;
                 if (a >= b) continue;
                 const size_t i = size_t(t - t0);
-                tile_step({f.q + (t * n_head + h) * hd, kt, vt, s, a, b, hd, scale, &sc.m[i], &sc.l[i],
+                tile_step({f.q + (t * n_head + h) * hd, kt, vt, f16, s, a, b, hd, scale, &sc.m[i], &sc.l[i],
                            sc.acc.data() + int64_t(i) * hd});
             }
         }

@@ -65,6 +65,14 @@ public:
     const float* keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, float* buf) const;
     // The values of KV head `kvh` at positions [pos, pos + n), row-major (n x head_dim), the same way.
     const float* values(int64_t layer, int64_t kvh, int64_t pos, int64_t n, float* buf) const;
+    // An f16 cache's own storage of the same (f16 bits, the layouts above): a whole key tile, and
+    // the values from position pos on.
+    const uint16_t* keys_f16(int64_t layer, int64_t kvh, int64_t tile) const {
+        return kh_.get() + k_offset(layer, kvh, tile);
+    }
+    const uint16_t* values_f16(int64_t layer, int64_t kvh, int64_t pos) const {
+        return vh_.get() + v_offset(layer, kvh, pos);
+    }
 
 private:
     // Keys: (layer, kv head, tile, head_dim, kTile). Values: (layer, kv head, position, head_dim).

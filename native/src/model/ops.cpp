@@ -122,6 +122,31 @@ void linear(Forward& f, const Matrix& W, const float* in, float* out, const std:
     }
 }
 
+void linear_many(Forward& f, const float* in, std::initializer_list<LinearOut> outs) {
+    const ops::Packed* W[4];
+    float* y[4];
+    int n = 0;
+    for (const LinearOut& o : outs) {
+        if (n == 4 || !o.W.packed || o.W.cols != outs.begin()->W.cols) {
+            n = -1;
+            break;
+        }
+        W[n] = o.W.packed.get();
+        y[n++] = o.out;
+    }
+    if (n <= 0) {
+        for (const LinearOut& o : outs) linear(f, o.W, in, o.out, o.bias ? *o.bias : std::vector<float>());
+        return;
+    }
+    ops::matmul_many(W, y, n, in, f.n_tokens, f.pool);
+    for (const LinearOut& o : outs)
+        if (o.bias && !o.bias->empty())
+            for (int64_t t = 0; t < f.n_tokens; ++t) {
+                float* row = o.out + t * o.W.rows;
+                for (int64_t i = 0; i < o.W.rows; ++i) row[i] += (*o.bias)[size_t(i)];
+            }
+}
+
 void rope(Forward& f, float* x, int64_t n_heads, const RopeTable& table, RopeLayout layout) {
     const int64_t hd = f.hp.head_dim, half = f.hp.n_rot / 2;
     for_rows(f, f.n_tokens, 4 * n_heads * half, [&](int64_t t) {

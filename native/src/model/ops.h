@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "common/thread_pool.h"
@@ -82,6 +83,14 @@ void rms_norm_heads(Forward& f, float* x, int64_t n_heads, const std::vector<flo
 // out (n_rows, W.rows) = in (n_rows, W.cols) W^T (+ bias when not empty); n_rows default: all tokens.
 void linear(Forward& f, const Matrix& W, const float* in, float* out, const std::vector<float>& bias = {},
             int64_t n_rows = -1);
+// linear() of the same input (all tokens) through a few matrices (q, k, v; gate, up): one pass
+// over the pool for all of them when they are packed; the same numbers either way.
+struct LinearOut {
+    const Matrix& W;
+    float* out;
+    const std::vector<float>* bias;  // nullptr: none
+};
+void linear_many(Forward& f, const float* in, std::initializer_list<LinearOut> outs);
 // Rotates the first n_rot dims of each head of x (n_tokens, n_heads, head_dim) in place.
 void rope(Forward& f, float* x, int64_t n_heads, const RopeTable& table, RopeLayout layout);
 // Stores f.k / f.v of the chunk in layer `il` of the cache, then f.attn = softmax(q k^T * scale) v over

@@ -42,9 +42,7 @@ void forward(Forward& f) {
         const RopeTable& rope_il = L.swa ? *f.rope_swa : *f.rope;
         // attention
         rms_norm(f, f.x, L.attn_norm, f.xn);
-        linear(f, L.wq, f.xn, f.q);
-        linear(f, L.wk, f.xn, f.k);
-        linear(f, L.wv, f.xn, f.v);
+        linear_many(f, f.xn, {{L.wq, f.q, nullptr}, {L.wk, f.k, nullptr}, {L.wv, f.v, nullptr}});
         rms_norm_heads(f, f.q, hp.n_head, L.q_norm);
         rms_norm_heads(f, f.k, hp.n_head_kv, L.k_norm);
         rope(f, f.q, hp.n_head, rope_il, RopeLayout::NeoX);
@@ -55,8 +53,7 @@ void forward(Forward& f) {
         add(f, f.x, f.tmp, hp.n_embd);
         // feed-forward (GeGLU)
         rms_norm(f, f.x, L.ffn_norm, f.xn);
-        linear(f, L.ffn_gate, f.xn, f.gate);
-        linear(f, L.ffn_up, f.xn, f.up);
+        linear_many(f, f.xn, {{L.ffn_gate, f.gate, nullptr}, {L.ffn_up, f.up, nullptr}});
         geglu(f);
         linear(f, L.ffn_down, f.gate, f.tmp);
         rms_norm(f, f.tmp, L.post_ffn_norm, f.tmp);

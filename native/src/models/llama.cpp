@@ -21,9 +21,7 @@ void forward(Forward& f) {
         const Layer& L = f.w.layers[size_t(il)];
         // attention
         rms_norm(f, f.x, L.attn_norm, f.xn);
-        linear(f, L.wq, f.xn, f.q, L.bq);
-        linear(f, L.wk, f.xn, f.k, L.bk);
-        linear(f, L.wv, f.xn, f.v, L.bv);
+        linear_many(f, f.xn, {{L.wq, f.q, &L.bq}, {L.wk, f.k, &L.bk}, {L.wv, f.v, &L.bv}});
         rope(f, f.q, hp.n_head, *f.rope, RopeLayout::Normal);
         rope(f, f.k, hp.n_head_kv, *f.rope, RopeLayout::Normal);
         attention(f, il, /*window=*/0);
@@ -31,8 +29,7 @@ void forward(Forward& f) {
         add(f, f.x, f.tmp, hp.n_embd);
         // feed-forward (SwiGLU)
         rms_norm(f, f.x, L.ffn_norm, f.xn);
-        linear(f, L.ffn_gate, f.xn, f.gate);
-        linear(f, L.ffn_up, f.xn, f.up);
+        linear_many(f, f.xn, {{L.ffn_gate, f.gate, nullptr}, {L.ffn_up, f.up, nullptr}});
         swiglu(f);
         linear(f, L.ffn_down, f.gate, f.tmp);
         add(f, f.x, f.tmp, hp.n_embd);

@@ -21,9 +21,7 @@ void forward(Forward& f) {
         const Layer& L = f.w.layers[size_t(il)];
         // attention
         rms_norm(f, f.x, L.attn_norm, f.xn);
-        linear(f, L.wq, f.xn, f.q);
-        linear(f, L.wk, f.xn, f.k);
-        linear(f, L.wv, f.xn, f.v);
+        linear_many(f, f.xn, {{L.wq, f.q, nullptr}, {L.wk, f.k, nullptr}, {L.wv, f.v, nullptr}});
         rms_norm_heads(f, f.q, hp.n_head, L.q_norm);
         rms_norm_heads(f, f.k, hp.n_head_kv, L.k_norm);
         rope(f, f.q, hp.n_head, *f.rope, RopeLayout::NeoX);
@@ -33,8 +31,7 @@ void forward(Forward& f) {
         add(f, f.x, f.tmp, hp.n_embd);
         // feed-forward (SwiGLU)
         rms_norm(f, f.x, L.ffn_norm, f.xn);
-        linear(f, L.ffn_gate, f.xn, f.gate);
-        linear(f, L.ffn_up, f.xn, f.up);
+        linear_many(f, f.xn, {{L.ffn_gate, f.gate, nullptr}, {L.ffn_up, f.up, nullptr}});
         swiglu(f);
         linear(f, L.ffn_down, f.gate, f.tmp);
         add(f, f.x, f.tmp, hp.n_embd);

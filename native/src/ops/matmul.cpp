@@ -112,13 +112,21 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 int64_t n_panels(int64_t rows) { return (rows + kPanelRows - 1) / kPanelRows; }
 
+constexpr int kMaxFused = 4;  // weights in one matmul_many()
+
 // The activations of one call, quantized for format f (in parallel over tokens when there are
 // many), in buffers of the calling thread.
-QActs quantize_for(const QFmt& f, const float* x, int64_t n_tokens, int64_t k, ThreadPool& pool) {
+QActs quantize_for(const QFmt& f, const float* x, int64_t n_tokens, int64_t k, ThreadPool& pool, int slot = 0) {
     const int64_t nb = k / kQBlock;
-    thread_local std::vector<int16_t> aq;
-    thread_local std::vector<float> ad, as;
-    thread_local std::vector<int32_t> az;
+    struct Buffers {
+        std::vector<int16_t> q;
+        std::vector<float> d, s;
+        std::vector<int32_t> z;
+    };
+    thread_local Buffers slots[kMaxFused];
+    std::vector<int16_t>& aq = slots[slot].q;
+    std::vector<float>&ad = slots[slot].d, &as = slots[slot].s;
+    std::vector<int32_t>& az = slots[slot].z;
     aq.resize(static_cast<size_t>(n_tokens * k));
     ad.resize(static_cast<size_t>(n_tokens * nb));
     as.resize(static_cast<size_t>(n_tokens * 2 * nb));
@@ -296,6 +304,34 @@ void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadP
     detail::QFmt f;
     detail::qfmt(W.type(), &f);
     detail::run_qmatmul_packed(detail::best_kernels(), f, W.data(), W.rows(), W.cols(), x, n_tokens, y, pool);
+}
+
+void matmul_many(const Packed* const* W, float* const* y, int n, const float* x, int64_t n_tokens, ThreadPool& pool) {
+    if (n < 1 || n > detail::kMaxFused) throw Error("matmul_many: " + std::to_string(n) + " weights (1 to 4)");
+    if (n_tokens <= 0) return;
+    const detail::Kernels& K = detail::best_kernels();
+    detail::QFmt f[detail::kMaxFused];
+    detail::QActs acts[detail::kMaxFused];
+    int64_t first_task[detail::kMaxFused + 1] = {0}, per[detail::kMaxFused] = {};
+    for (int i = 0; i < n; ++i) {
+        if (W[i]->cols() != W[0]->cols()) throw Error("matmul_many: the weights' row lengths differ");
+        detail::qfmt(W[i]->type(), &f[i]);
+        // activations once per distinct (g16, zero point): they are all the prepared sums depend on
+        int same = -1;
+        for (int j = 0; j < i && same < 0; ++j)
+            if (f[j].g16 == f[i].g16 && f[j].z == f[i].z) same = j;
+        acts[i] = same >= 0 ? acts[same] : detail::quantize_for(f[i], x, n_tokens, W[0]->cols(), pool, i);
+        const int64_t np = detail::n_panels(W[i]->rows());
+        per[i] = detail::panels_per_task(np, pool.n_threads());
+        first_task[i + 1] = first_task[i] + (np + per[i] - 1) / per[i];
+    }
+    pool.run(first_task[n], [&](int64_t task, int) {
+        int i = 0;
+        while (task >= first_task[i + 1]) ++i;
+        const int64_t np = detail::n_panels(W[i]->rows()), p0 = (task - first_task[i]) * per[i];
+        K.qgemm(f[i], W[i]->data(), p0, std::min(per[i], np - p0), W[i]->rows(), acts[i], n_tokens, y[i],
+                W[i]->rows());
+    });
 }
 
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out) {

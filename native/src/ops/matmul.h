@@ -56,6 +56,10 @@ std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, i
 // matmul() against a packed weight: the same bits as matmul() on its raw rows.
 void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
+// matmul() of the same x against n (1 to 4) packed weights of the same row length, into y[i]:
+// one pass over the pool for all of them (the same bits as n calls).
+void matmul_many(const Packed* const* W, float* const* y, int n, const float* x, int64_t n_tokens, ThreadPool& pool);
+
 // Row lookup for embeddings: dequantizes row `r` of W (rows of k elements) into out (k floats).
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out);
 

@@ -237,7 +237,9 @@ void qpack(const QFmt& f, const uint8_t* src, size_t rs, int64_t rows, int64_t k
            uint8_t* dst) {
     const int64_t nb = k / kQBlock, pb = static_cast<int64_t>(qpanel_bytes(f, k));
     const int64_t p_first = r0 / kPanelRows, p_end = (r0 + nr + kPanelRows - 1) / kPanelRows;
-    std::memset(dst, 0, static_cast<size_t>((p_end - p_first) * pb));
+    // every byte of a full panel is written below: only a last, partial one needs zeros first
+    if ((r0 + nr) % kPanelRows != 0)
+        std::memset(dst + (p_end - 1 - p_first) * pb, 0, static_cast<size_t>(pb));
     RowParts row;
     const int nh = halves(f);
     for (int64_t r = r0; r < r0 + nr && r < rows; ++r) {
