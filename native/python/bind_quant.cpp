@@ -93,6 +93,8 @@ public:
             throw py::value_error("RowMatrix: " + std::to_string(nbytes) + " bytes are not whole rows of " +
                                   std::to_string(k_) + " elements");
         rows_ = static_cast<int64_t>(nbytes / rs);
+        // quantized rows are repacked for the integer kernels once, not on every product
+        packed_ = edgellm::ops::pack(static_cast<const uint8_t*>(data_.data()), type_, rows_, k_, pool_.get());
     }
 
     int64_t rows() const { return rows_; }
@@ -112,7 +114,10 @@ public:
         float* out = y.mutable_data();
         {
             py::gil_scoped_release release;
-            edgellm::ops::matmul(w, type_, rows_, k_, in, n, out, *pool_);
+            if (packed_)
+                edgellm::ops::matmul(*packed_, in, n, out, *pool_);
+            else
+                edgellm::ops::matmul(w, type_, rows_, k_, in, n, out, *pool_);
         }
         return y;
     }
@@ -123,6 +128,7 @@ private:
     int64_t k_;
     int64_t rows_ = 0;
     std::unique_ptr<edgellm::ThreadPool> pool_;
+    std::unique_ptr<edgellm::ops::Packed> packed_;  // quantized types
 };
 
 }  // namespace

@@ -23,8 +23,8 @@
 #include <immintrin.h>
 #endif
 
+#include "model/kv_cache.h"
 #include "model/ops.h"
-#include "quant/fp16.h"
 
 // The vector helpers below are inlined into each ISA variant; their ABI never crosses a call.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -170,7 +170,7 @@ inline void tile_step_body(const TileStep& t) {
             if constexpr (std::is_same_v<E, float>)
                 vj = v[j * hd + d];
             else
-                vj = quant::fp16_to_fp32(v[j * hd + d]);
+                vj = half_to_float(v[j * hd + d]);
             t.acc[d] += s[j] * vj;
         }
 }
@@ -178,7 +178,7 @@ inline void tile_step_body(const TileStep& t) {
 struct CvtScalar {
     static f32x16 load(const uint16_t* p) {
         f32x16 r;
-        for (int i = 0; i < 16; ++i) r[i] = quant::fp16_to_fp32(p[i]);
+        for (int i = 0; i < 16; ++i) r[i] = half_to_float(p[i]);
         return r;
     }
 };

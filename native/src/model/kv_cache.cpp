@@ -17,34 +17,6 @@ namespace edgellm {
 
 namespace {
 
-void convert_plain(const uint16_t* src, float* dst, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(src[i]);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx,f16c"))) void convert_f16c(const uint16_t* src, float* dst, int64_t n) {
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-    for (; i < n; ++i) dst[i] = half_to_float(src[i]);
-}
-#endif
-
-}  // namespace
-
-void halves_to_floats(const uint16_t* src, float* dst, int64_t n) {
-    static const auto convert = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) return convert_f16c;
-#endif
-        return convert_plain;
-    }();
-    convert(src, dst, n);
-}
-
-namespace {
-
 constexpr int64_t kQ8 = 32;            // values per q8_0 block
 constexpr size_t kQ8Bytes = 2 + kQ8;   // f16 scale + 32 int8
 
@@ -206,11 +178,7 @@ const float* KvCache::keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, 
         }
         return buf;
     }
-    const size_t o = k_offset(layer, kvh, tile);
-    if (type_ == quant::Type::F32) return kf_.get() + o;
-    for (int64_t d = 0; d < head_dim_; ++d)
-        halves_to_floats(kh_.get() + o + size_t(d * kTile), buf + d * kTile, cols);
-    return buf;
+    return kf_.get() + k_offset(layer, kvh, tile);
 }
 
 const float* KvCache::values(int64_t layer, int64_t kvh, int64_t pos, int64_t n, float* buf) const {
@@ -219,10 +187,7 @@ const float* KvCache::values(int64_t layer, int64_t kvh, int64_t pos, int64_t n,
             dequant_q8(vq_.get() + q_offset(layer, pos + j), kvh * head_dim_, head_dim_, buf + j * head_dim_);
         return buf;
     }
-    const size_t o = v_offset(layer, kvh, pos);
-    if (type_ == quant::Type::F32) return vf_.get() + o;
-    halves_to_floats(vh_.get() + o, buf, n * head_dim_);
-    return buf;
+    return vf_.get() + v_offset(layer, kvh, pos);
 }
 
 template <class Move>

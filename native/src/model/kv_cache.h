@@ -2,8 +2,8 @@
 // in f16 (the default, as llama.cpp does), f32 (exact, twice the memory) or q8_0 (blocks of 32
 // int8 values with an f16 scale: 34 bytes per 32 values, about half of f16).
 // f16 and f32 are laid out for the reader: per layer and KV head, keys in tiles of kTile positions
-// stored transposed (head_dim rows of kTile), values position-major; so attention converts one
-// contiguous block per tile and writing a token scatters its keys (once per token, cheap).
+// stored transposed (head_dim rows of kTile), values position-major; so attention reads a tile's
+// keys as contiguous rows of kTile and writing a token scatters its keys (once per token, cheap).
 // q8_0 stores, per layer and position, the row of all KV heads (n_head_kv * head_dim values, the
 // blocks running across heads as llama.cpp's do), keys and values alike; reading dequantizes.
 // Positions >= n_past hold stale data that is overwritten before it is read, which is what makes
@@ -32,8 +32,6 @@ inline float half_to_float(uint16_t h) {
     return quant::bits_f32(sign | bits);
 }
 
-// f16 -> f32 of n values (exact), with F16C when the CPU has it.
-void halves_to_floats(const uint16_t* src, float* dst, int64_t n);
 
 class KvCache {
 public:
@@ -60,8 +58,9 @@ public:
 
     // The keys of KV head `kvh` at positions [tile * kTile, tile * kTile + n), transposed: value d
     // of position tile * kTile + j at [d * kTile + j]. Columns from n up to the next multiple of
-    // 16 hold whatever the cache holds there (callers ignore them). An f32 cache returns a pointer
-    // into itself; an f16 one converts into buf (head_dim * kTile floats) and returns buf.
+    // 16 hold whatever the cache holds there (callers ignore them). F32 and Q8_0 caches only (an
+    // F16 one is read in place, below): f32 returns a pointer into itself; q8_0 dequantizes into buf
+    // (head_dim * kTile floats) and returns buf.
     const float* keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, float* buf) const;
     // The values of KV head `kvh` at positions [pos, pos + n), row-major (n x head_dim), the same way.
     const float* values(int64_t layer, int64_t kvh, int64_t pos, int64_t n, float* buf) const;

@@ -108,6 +108,19 @@ void rms_norm_heads(Forward& f, float* x, int64_t n_heads, const std::vector<flo
     });
 }
 
+namespace {
+
+// out (n_rows, n) += bias (n) on every row; nothing when the bias is empty.
+void add_bias(float* out, int64_t n_rows, int64_t n, const std::vector<float>& bias) {
+    if (bias.empty()) return;
+    for (int64_t t = 0; t < n_rows; ++t) {
+        float* y = out + t * n;
+        for (int64_t i = 0; i < n; ++i) y[i] += bias[size_t(i)];
+    }
+}
+
+}  // namespace
+
 void linear(Forward& f, const Matrix& W, const float* in, float* out, const std::vector<float>& bias,
             int64_t n_rows) {
     if (n_rows < 0) n_rows = f.n_tokens;
@@ -115,11 +128,7 @@ void linear(Forward& f, const Matrix& W, const float* in, float* out, const std:
         ops::matmul(*W.packed, in, n_rows, out, f.pool);
     else
         ops::matmul(W.data, W.type, W.rows, W.cols, in, n_rows, out, f.pool);
-    if (bias.empty()) return;
-    for (int64_t t = 0; t < n_rows; ++t) {
-        float* y = out + t * W.rows;
-        for (int64_t i = 0; i < W.rows; ++i) y[i] += bias[size_t(i)];
-    }
+    add_bias(out, n_rows, W.rows, bias);
 }
 
 void linear_many(Forward& f, const float* in, std::initializer_list<LinearOut> outs) {
@@ -140,11 +149,7 @@ void linear_many(Forward& f, const float* in, std::initializer_list<LinearOut> o
     }
     ops::matmul_many(W, y, n, in, f.n_tokens, f.pool);
     for (const LinearOut& o : outs)
-        if (o.bias && !o.bias->empty())
-            for (int64_t t = 0; t < f.n_tokens; ++t) {
-                float* row = o.out + t * o.W.rows;
-                for (int64_t i = 0; i < o.W.rows; ++i) row[i] += (*o.bias)[size_t(i)];
-            }
+        if (o.bias) add_bias(o.out, f.n_tokens, o.W.rows, *o.bias);
 }
 
 void rope(Forward& f, float* x, int64_t n_heads, const RopeTable& table, RopeLayout layout) {

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <cstdint>
@@ -151,17 +150,6 @@ int64_t panels_per_task(int64_t np, int64_t n_threads) {
     return std::max<int64_t>(1, (np + 4 * n_threads - 1) / (4 * n_threads));
 }
 
-// The integer path over panels packed beforehand.
-void run_qmatmul_packed(const Kernels& K, const QFmt& f, const uint8_t* panels, int64_t rows, int64_t k,
-                        const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
-    const QActs acts = quantize_for(f, x, n_tokens, k, pool);
-    const int64_t np = n_panels(rows), per = panels_per_task(np, pool.n_threads());
-    pool.run((np + per - 1) / per, [&](int64_t task, int) {
-        const int64_t p0 = task * per;
-        K.qgemm(f, panels, p0, std::min(per, np - p0), rows, acts, n_tokens, y, rows);
-    });
-}
-
 // The integer path over raw rows: each task packs its panels into a buffer of its thread first.
 void run_qmatmul(const Kernels& K, const QFmt& f, const uint8_t* W, size_t rs, int64_t rows, int64_t k,
                  const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
@@ -182,6 +170,12 @@ void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t ro
     check(type, k);
     if (rows <= 0 || n_tokens <= 0) return;
     const size_t rs = quant::row_size(type, k);
+    QFmt qf;
+    if (qfmt(type, &qf)) {
+        run_qmatmul(K, qf, W, rs, rows, k, x, n_tokens, y, pool);
+        return;
+    }
+
     // f32 weights are read in place when aligned (GGUF aligns tensor data to 32 bytes by default)
     const bool in_place = type == quant::Type::F32 && reinterpret_cast<uintptr_t>(W) % alignof(float) == 0;
 
@@ -193,12 +187,6 @@ void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t ro
     int64_t task_rows = round_up(std::max<int64_t>(1, (rows + 4 * n_threads - 1) / (4 * n_threads)), kRowAlign);
     if (task_rows > tile_rows) task_rows = round_up(task_rows, tile_rows);
     const int64_t n_tasks = (rows + task_rows - 1) / task_rows;
-
-    QFmt qf;
-    if (qfmt(type, &qf)) {
-        run_qmatmul(K, qf, W, rs, rows, k, x, n_tokens, y, pool);
-        return;
-    }
 
     pool.run(n_tasks, [&](int64_t task, int) {
         thread_local std::vector<float> buf;
@@ -299,13 +287,6 @@ std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, i
     return out;
 }
 
-void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
-    if (W.rows() <= 0 || n_tokens <= 0) return;
-    detail::QFmt f;
-    detail::qfmt(W.type(), &f);
-    detail::run_qmatmul_packed(detail::best_kernels(), f, W.data(), W.rows(), W.cols(), x, n_tokens, y, pool);
-}
-
 void matmul_many(const Packed* const* W, float* const* y, int n, const float* x, int64_t n_tokens, ThreadPool& pool) {
     if (n < 1 || n > detail::kMaxFused) throw Error("matmul_many: " + std::to_string(n) + " weights (1 to 4)");
     if (n_tokens <= 0) return;
@@ -332,6 +313,11 @@ void matmul_many(const Packed* const* W, float* const* y, int n, const float* x,
         K.qgemm(f[i], W[i]->data(), p0, std::min(per[i], np - p0), W[i]->rows(), acts[i], n_tokens, y[i],
                 W[i]->rows());
     });
+}
+
+void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
+    const Packed* one = &W;
+    matmul_many(&one, &y, 1, x, n_tokens, pool);
 }
 
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out) {
