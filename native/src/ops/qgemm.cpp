@@ -30,7 +30,7 @@ size_t scale_bytes(const QFmt& f) {
     return per * (f.has_m ? 2 : 1);
 }
 
-size_t value_bytes(const QFmt& f) { return f.nib ? 256 : 512; }
+size_t value_bytes(const QFmt& f) { return f.nib ? 256 + 64 * static_cast<size_t>(f.hb) : 512; }
 
 // Offset of group g's record in a panel.
 size_t group_offset(const QFmt& f, int64_t g) {
@@ -78,7 +78,7 @@ void decode_row(const QFmt& f, const uint8_t* y, int64_t k, RowParts& o) {
     int8_t* v = o.v.data();
     switch (f.type) {
         case Type::Q4_0: case Type::Q4_1: case Type::Q5_0: case Type::Q5_1: {
-            const bool has_min = f.has_m, five = !f.nib;
+            const bool has_min = f.has_m, five = f.hb == 1;
             const size_t bs = quant::traits(static_cast<uint32_t>(f.type))->type_size;
             o.d16.resize(static_cast<size_t>(nb));
             o.m16.resize(has_min ? static_cast<size_t>(nb) : 0);
@@ -196,10 +196,26 @@ void group_scales(const QFmt& f, const uint8_t* panel, int64_t g, int h, int i, 
     m = f.has_m ? -(f16_at(hdr + 32 + 2 * i) * static_cast<float>(rec[16 * nh + 16 * h + i])) : 0.0f;
 }
 
+// Bit of row i's u32 in high-bit chunk *chunk holding the high bits of value j (0..31).
+inline int high_pos(const QFmt& f, int j, int* chunk) {
+    const int per = 16 / f.hb, pair = j / 2;
+    *chunk = pair / per;
+    return 16 * (j % 2) + f.hb * (pair % per);
+}
+
 int value_at(const QFmt& f, const uint8_t* vals, int i, int j) {
     int shift;
     const uint8_t b = vals[value_pos(f, i, j, shift)];
-    return f.nib ? (b >> shift) & 0xF : static_cast<int8_t>(b);
+    if (!f.nib) return static_cast<int8_t>(b);
+    int v = (b >> shift) & 0xF;
+    if (f.hb > 0) {
+        int c;
+        const int bit = high_pos(f, j, &c);
+        uint32_t u;
+        std::memcpy(&u, vals + 256 + 64 * c + 4 * i, 4);
+        v |= static_cast<int>((u >> bit) & ((1u << f.hb) - 1)) << 4;
+    }
+    return v;
 }
 
 }  // namespace
@@ -210,14 +226,14 @@ bool qfmt(quant::Type type, QFmt* f) {
     switch (type) {
         case Type::Q4_0: q.nib = true; q.z = 8; break;
         case Type::Q4_1: q.nib = true; q.has_m = true; break;
-        case Type::Q5_0: q.z = 16; break;
-        case Type::Q5_1: q.has_m = true; break;
+        case Type::Q5_0: q.nib = true; q.hb = 1; q.z = 16; break;
+        case Type::Q5_1: q.nib = true; q.hb = 1; q.has_m = true; break;
         case Type::Q8_0: break;
         case Type::Q2_K: q.nib = q.g16 = q.has_m = q.super = true; break;
         case Type::Q3_K: q.nib = q.g16 = q.super = true; q.z = 4; break;
         case Type::Q4_K: q.nib = q.has_m = q.super = true; break;
-        case Type::Q5_K: q.has_m = q.super = true; break;
-        case Type::Q6_K: q.g16 = q.super = true; q.z = 32; break;
+        case Type::Q5_K: q.nib = q.has_m = q.super = true; q.hb = 1; break;
+        case Type::Q6_K: q.nib = q.g16 = q.super = true; q.hb = 2; q.z = 32; break;
         default: return false;
     }
     *f = q;
@@ -269,12 +285,22 @@ void qpack(const QFmt& f, const uint8_t* src, size_t rs, int64_t rows, int64_t k
                 uint32_t u = 0;
                 if (f.nib) {
                     for (int p = 0; p < 4; ++p)
-                        u |= (uint32_t(v[8 * c + 2 * p]) << (4 * p)) | (uint32_t(v[8 * c + 2 * p + 1]) << (4 * p + 16));
+                        u |= (uint32_t(v[8 * c + 2 * p] & 0xF) << (4 * p)) |
+                             (uint32_t(v[8 * c + 2 * p + 1] & 0xF) << (4 * p + 16));
                 } else {
                     u = uint32_t(v[4 * c]) | uint32_t(v[4 * c + 2]) << 8 | uint32_t(v[4 * c + 1]) << 16 |
                         uint32_t(v[4 * c + 3]) << 24;
                 }
                 std::memcpy(vals + 64 * c, &u, 4);
+            }
+            if (f.hb > 0) {
+                uint32_t hi[2] = {0, 0};
+                for (int j = 0; j < 32; ++j) {
+                    int c;
+                    const int bit = high_pos(f, j, &c);
+                    hi[c] |= uint32_t(v[j] >> 4) << bit;
+                }
+                for (int c = 0; c < f.hb; ++c) std::memcpy(vals + 256 + 64 * c, &hi[c], 4);
             }
         }
     }

@@ -24,7 +24,9 @@
 //
 // Panel layout. A panel is a sequence of group records, in k order; before the first group of
 // each 256-value super-block the k-quants put a header. All per-row arrays are 16 entries, row
-// i of the panel at entry i (rows past the end of the matrix are zero).
+// i of the panel at entry i (rows past the end of the matrix are zero). The values keep the bits
+// of the file (nibbles for the 2- to 4-bit formats, nibbles and a 1- or 2-bit plane for the 5- and
+// 6-bit ones, bytes for q8_0), so decode reads about as many bytes per token as the file holds.
 //   super-block header (k-quants):  D f16[16], then Dmin f16[16] (formats with offsets)
 //   group scales, legacy formats:   d f16[16], then m f16[16] (formats with offsets)
 //   group scales, k-quants:         sc i8[16] per half (2 halves when g16), then mn u8[16] per
@@ -34,6 +36,13 @@
 //                                   endian u32) being value 8c + 2s (s < 4) or 8c + 2(s-4) + 1.
 //                                   Shifting each 16-bit word right by 4p and masking 0xF gives
 //                                   the pair (8c + 2p, 8c + 2p + 1): activation dword 4c + p.
+//   high bits (hb = 1 or 2):        after the nibbles, hb chunks of 64 bytes holding bits 4.. of
+//                                   the values (v = nibble | high << 4): row i's u32 at bytes
+//                                   4i..4i+3 of each chunk, its low 16-bit word for the even values
+//                                   and its high word for the odd ones; pair j (values 2j, 2j+1,
+//                                   j < 16) is in chunk j / (16 / hb), at bit hb * (j % (16 / hb))
+//                                   of both words. Shifting that field to bit 4, masking and or-ing
+//                                   it into the pair's nibbles gives the pair's values.
 //   values, bytes (int8):           8 chunks of 64 bytes; chunk c holds values 4c..4c+3 of row i
 //                                   in bytes 4i..4i+3 in the order 4c, 4c+2, 4c+1, 4c+3. The
 //                                   sign-extended low bytes of the two words are the pair
@@ -53,7 +62,8 @@ constexpr int64_t kPanelRows = 16;
 // How a weight type is repacked.
 struct QFmt {
     quant::Type type = quant::Type::F32;
-    bool nib = false;    // values as nibbles (0..15), else as bytes (int8)
+    bool nib = false;    // values as nibbles (+ hb high bits), else as bytes (int8)
+    int32_t hb = 0;      // high bits of nibble values: 0 (4-bit), 1 (5-bit) or 2 (6-bit)
     bool g16 = false;    // a scale (and offset) per 16 values, else per 32
     bool has_m = false;  // offsets m
     bool super = false;  // k-quant scales (super-block header + int8 group scales), else f16 per group
