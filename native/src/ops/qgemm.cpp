@@ -141,8 +141,11 @@ void decode_row(const QFmt& f, const uint8_t* y, int64_t k, RowParts& o) {
             case Type::Q2_K:
                 o.d16[static_cast<size_t>(sb)] = u16_at(y + 80);
                 o.m16[static_cast<size_t>(sb)] = u16_at(y + 82);
-                for (int e = 0; e < 256; ++e)
-                    v[e] = static_cast<int8_t>((y[16 + 32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3);
+                for (int c = 0; c < 8; ++c) {
+                    const uint8_t* q = y + 16 + 32 * (c / 4);
+                    const int sl = 2 * (c % 4);
+                    for (int l = 0; l < 32; ++l) v[32 * c + l] = static_cast<int8_t>((q[l] >> sl) & 3);
+                }
                 for (int s = 0; s < 16; ++s) {
                     o.sc[s0 + s] = static_cast<int8_t>(y[s] & 0xF);
                     o.mn[s0 + s] = static_cast<uint8_t>(y[s] >> 4);
@@ -152,10 +155,11 @@ void decode_row(const QFmt& f, const uint8_t* y, int64_t k, RowParts& o) {
             case Type::Q3_K: {
                 o.d16[static_cast<size_t>(sb)] = u16_at(y + 108);
                 const uint8_t* s = y + 96;
-                for (int e = 0; e < 256; ++e) {
-                    const int low = (y[32 + 32 * (e / 128) + e % 32] >> (2 * ((e / 32) % 4))) & 3;
-                    const int high = (y[e % 32] >> (e / 32)) & 1;
-                    v[e] = static_cast<int8_t>(low + (high ? 4 : 0));
+                for (int c = 0; c < 8; ++c) {
+                    const uint8_t* ql = y + 32 + 32 * (c / 4);
+                    const int sl = 2 * (c % 4);
+                    for (int l = 0; l < 32; ++l)
+                        v[32 * c + l] = static_cast<int8_t>(((ql[l] >> sl) & 3) | (((y[l] >> c) & 1) << 2));
                 }
                 for (int j = 0; j < 16; ++j) {
                     const int lo = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
@@ -167,12 +171,15 @@ void decode_row(const QFmt& f, const uint8_t* y, int64_t k, RowParts& o) {
             }
             case Type::Q6_K:
                 o.d16[static_cast<size_t>(sb)] = u16_at(y + 208);
-                for (int e = 0; e < 256; ++e) {
-                    const int h = e / 128, kk = (e % 128) / 32, l = e % 32;
-                    const int low = (y[64 * h + 32 * (kk % 2) + l] >> (4 * (kk / 2))) & 0xF;
-                    const int high = (y[128 + 32 * h + l] >> (2 * kk)) & 3;
-                    v[e] = static_cast<int8_t>(low | (high << 4));
-                }
+                for (int h = 0; h < 2; ++h)
+                    for (int kk = 0; kk < 4; ++kk) {
+                        const uint8_t* ql = y + 64 * h + 32 * (kk % 2);
+                        const uint8_t* qh = y + 128 + 32 * h;
+                        int8_t* out = v + 128 * h + 32 * kk;
+                        const int sl = 4 * (kk / 2), sh = 2 * kk;
+                        for (int l = 0; l < 32; ++l)
+                            out[l] = static_cast<int8_t>(((ql[l] >> sl) & 0xF) | (((qh[l] >> sh) & 3) << 4));
+                    }
                 for (int j = 0; j < 16; ++j) o.sc[s0 + j] = static_cast<int8_t>(y[192 + j]);
                 y += 210;
                 break;
@@ -249,6 +256,41 @@ size_t qpanel_bytes(const QFmt& f, int64_t k) {
     return static_cast<size_t>(nb) * qgroup_bytes(f) + static_cast<size_t>(nb / 8) * qheader_bytes(f);
 }
 
+namespace {
+
+// The value bytes of one group of row i (32 values v, the zero point still in) at vals + 4i, in
+// the order value_pos() and high_pos() give.
+void pack_values(const QFmt& f, const uint8_t* v, uint8_t* vals) {
+    if (!f.nib) {
+        for (int c = 0; c < 8; ++c) {
+            const uint32_t u = uint32_t(v[4 * c]) | uint32_t(v[4 * c + 2]) << 8 | uint32_t(v[4 * c + 1]) << 16 |
+                               uint32_t(v[4 * c + 3]) << 24;
+            std::memcpy(vals + 64 * c, &u, 4);
+        }
+        return;
+    }
+    for (int c = 0; c < 4; ++c) {
+        uint32_t u = 0;
+        for (int p = 0; p < 4; ++p)
+            u |= (uint32_t(v[8 * c + 2 * p] & 0xF) << (4 * p)) | (uint32_t(v[8 * c + 2 * p + 1] & 0xF) << (4 * p + 16));
+        std::memcpy(vals + 64 * c, &u, 4);
+    }
+    if (f.hb == 1) {  // pair j at bit j of each word
+        uint32_t u = 0;
+        for (int j = 0; j < 16; ++j) u |= (uint32_t(v[2 * j] >> 4) << j) | (uint32_t(v[2 * j + 1] >> 4) << (16 + j));
+        std::memcpy(vals + 256, &u, 4);
+    } else if (f.hb == 2) {  // pair j in chunk j / 8, at bit 2 (j % 8) of each word
+        for (int c = 0; c < 2; ++c) {
+            uint32_t u = 0;
+            for (int j = 0; j < 8; ++j)
+                u |= (uint32_t(v[16 * c + 2 * j] >> 4) << (2 * j)) | (uint32_t(v[16 * c + 2 * j + 1] >> 4) << (16 + 2 * j));
+            std::memcpy(vals + 256 + 64 * c, &u, 4);
+        }
+    }
+}
+
+}  // namespace
+
 void qpack(const QFmt& f, const uint8_t* src, size_t rs, int64_t rows, int64_t k, int64_t r0, int64_t nr,
            uint8_t* dst) {
     const int64_t nb = k / kQBlock, pb = static_cast<int64_t>(qpanel_bytes(f, k));
@@ -256,52 +298,30 @@ void qpack(const QFmt& f, const uint8_t* src, size_t rs, int64_t rows, int64_t k
     // every byte of a full panel is written below: only a last, partial one needs zeros first
     if ((r0 + nr) % kPanelRows != 0)
         std::memset(dst + (p_end - 1 - p_first) * pb, 0, static_cast<size_t>(pb));
+    const size_t grp = qgroup_bytes(f), hdr = qheader_bytes(f), sbytes = scale_bytes(f);
     RowParts row;
     const int nh = halves(f);
     for (int64_t r = r0; r < r0 + nr && r < rows; ++r) {
         uint8_t* panel = dst + (r / kPanelRows - p_first) * pb;
         const int i = static_cast<int>(r % kPanelRows);
         decode_row(f, src + static_cast<size_t>(r) * rs, k, row);
-        for (int64_t g = 0; g < nb; ++g) {
-            uint8_t* rec = panel + group_offset(f, g);
+        uint8_t* rec = panel;
+        for (int64_t g = 0; g < nb; ++g, rec += grp) {
             if (!f.super) {
                 std::memcpy(rec + 2 * i, &row.d16[static_cast<size_t>(g)], 2);
                 if (f.has_m) std::memcpy(rec + 32 + 2 * i, &row.m16[static_cast<size_t>(g)], 2);
             } else {
-                if (g % 8 == 0) {
-                    uint8_t* hdr = rec - qheader_bytes(f);
-                    std::memcpy(hdr + 2 * i, &row.d16[static_cast<size_t>(g / 8)], 2);
-                    if (f.has_m) std::memcpy(hdr + 32 + 2 * i, &row.m16[static_cast<size_t>(g / 8)], 2);
+                if (g % 8 == 0) {  // the super-block header comes first
+                    std::memcpy(rec + 2 * i, &row.d16[static_cast<size_t>(g / 8)], 2);
+                    if (f.has_m) std::memcpy(rec + 32 + 2 * i, &row.m16[static_cast<size_t>(g / 8)], 2);
+                    rec += hdr;
                 }
                 for (int h = 0; h < nh; ++h) {
                     rec[16 * h + i] = static_cast<uint8_t>(row.sc[static_cast<size_t>(g * nh + h)]);
                     if (f.has_m) rec[16 * nh + 16 * h + i] = row.mn[static_cast<size_t>(g * nh + h)];
                 }
             }
-            // each chunk's 4 bytes of row i at once (the order value_pos() gives)
-            uint8_t* vals = rec + scale_bytes(f) + 4 * i;
-            const uint8_t* v = reinterpret_cast<const uint8_t*>(row.v.data()) + 32 * g;
-            for (int c = 0; c < (f.nib ? 4 : 8); ++c) {
-                uint32_t u = 0;
-                if (f.nib) {
-                    for (int p = 0; p < 4; ++p)
-                        u |= (uint32_t(v[8 * c + 2 * p] & 0xF) << (4 * p)) |
-                             (uint32_t(v[8 * c + 2 * p + 1] & 0xF) << (4 * p + 16));
-                } else {
-                    u = uint32_t(v[4 * c]) | uint32_t(v[4 * c + 2]) << 8 | uint32_t(v[4 * c + 1]) << 16 |
-                        uint32_t(v[4 * c + 3]) << 24;
-                }
-                std::memcpy(vals + 64 * c, &u, 4);
-            }
-            if (f.hb > 0) {
-                uint32_t hi[2] = {0, 0};
-                for (int j = 0; j < 32; ++j) {
-                    int c;
-                    const int bit = high_pos(f, j, &c);
-                    hi[c] |= uint32_t(v[j] >> 4) << bit;
-                }
-                for (int c = 0; c < f.hb; ++c) std::memcpy(vals + 256 + 64 * c, &hi[c], 4);
-            }
+            pack_values(f, reinterpret_cast<const uint8_t*>(row.v.data()) + 32 * g, rec + sbytes + 4 * i);
         }
     }
 }
