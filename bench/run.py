@@ -11,7 +11,8 @@ edgellm first, then llama.cpp) and reports:
   TTFT           prefill + greedy choice of the first token
   decode         128 tokens, one eval per token, each the argmax of the previous logits (no EOS stop)
 Timings are the best of --repeats trials after one warm-up trial, in the same process. A native probe
-(`edgellm._core.bench_read_bandwidth`) measures memory read bandwidth per thread count; the decode ceiling of a
+(`edgellm._core.bench_read_bandwidth`) measures memory read bandwidth per thread count, again before each row (the
+host's bandwidth drifts); the decode ceiling of a
 file is that bandwidth / the bytes of weights read per token (every tensor except the token embedding table,
 of which one row is read; the whole table when the output projection is tied to it).
 
@@ -347,12 +348,17 @@ def ms(x: float | None) -> float | None:
     return None if x is None else 1000 * x
 
 
-def legend(opts: argparse.Namespace, bandwidth: dict[int, float]) -> str:
-    bw = ", ".join(f"{t} thread{'s' if t > 1 else ''}: {gb:.1f} GB/s" for t, gb in bandwidth.items())
+def legend(opts: argparse.Namespace, bandwidth: dict[int, float], row_bw: dict[int, list[float]]) -> str:
+    def span(t: int) -> str:
+        seen = row_bw.get(t, [])
+        return f" (before the rows: {min(seen):.1f}-{max(seen):.1f})" if seen else ""
+
+    bw = ", ".join(f"{t} thread{'s' if t > 1 else ''}: {gb:.1f} GB/s{span(t)}" for t, gb in bandwidth.items())
     return (f"ratio = edgellm / llama.cpp: above 1 edgellm is better for prefill and decode (tok/s); below 1 "
             f"edgellm is better for TTFT, load time and peak RSS. Best of {opts.repeats} trial(s) after one "
             f"warm-up; prompt {opts.prompt_tokens} tokens, decode {opts.gen_tokens} tokens. Memory read "
-            f"bandwidth ({bw}); decode ceiling = bandwidth / bytes of weights read per token.")
+            f"bandwidth at the start ({bw}); each row's decode ceiling = the bandwidth probed right before "
+            f"that row / bytes of weights read per token.")
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -420,13 +426,19 @@ def run(opts: argparse.Namespace) -> int:
         log(f"memory read bandwidth, {t} thread(s): {r['gb_s']:.1f} GB/s")
 
     rows: list[dict[str, Any]] = []
+    row_bw: dict[int, list[float]] = {}
     errors = 0
     n_total = len(opts.files) * len(opts.threads) * len(opts.engines)
     n_done = 0
     for name in opts.files:
         for t in opts.threads:
-            row: dict[str, Any] = {"file": name, "threads": t, "bandwidth_gb_s": bandwidth[t],
-                                   "ceiling_tok_s": bandwidth[t] * 1e9 / files[name]["weight_bytes_per_token"]}
+            # the machine's bandwidth drifts (other tenants of the host): probe it again right before the
+            # row's engines run, and take that row's ceiling from it
+            bw = run_worker(["bandwidth", str(t)])
+            gb_s = bw["gb_s"] if "error" not in bw else bandwidth[t]
+            row_bw.setdefault(t, []).append(gb_s)
+            row: dict[str, Any] = {"file": name, "threads": t, "bandwidth_gb_s": gb_s,
+                                   "ceiling_tok_s": gb_s * 1e9 / files[name]["weight_bytes_per_token"]}
             for eng in opts.engines:
                 n_done += 1
                 t0 = time.perf_counter()
@@ -448,13 +460,14 @@ def run(opts: argparse.Namespace) -> int:
 
     print(tables(rows))
     print()
-    print(legend(opts, bandwidth))
+    print(legend(opts, bandwidth, row_bw))
     log(f"total time {elapsed:.0f} s")
     if not opts.no_json:
         write_report("run", {
             "options": {k: getattr(opts, k) for k in ("files", "threads", "repeats", "prompt_tokens",
                                                        "gen_tokens", "engines")},
-            "prompt_seed": PROMPT_SEED, "bandwidth_gb_s": bandwidth, "files": files, "rows": rows,
+            "prompt_seed": PROMPT_SEED, "bandwidth_gb_s": bandwidth, "row_bandwidth_gb_s": row_bw, "files": files,
+            "rows": rows,
             "elapsed_s": elapsed, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
         })
     return 1 if errors else 0
