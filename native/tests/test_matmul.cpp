@@ -174,6 +174,29 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
         } else if (ops::pack(W.bytes.data(), type, rows, k, nullptr)) {
             fail(std::string(tname) + ": a float type was packed");
         }
+        // several raw weights in one call (the weight twice, then a shorter slice of it): the bits of
+        // one matmul() each
+        {
+            const int64_t rows2 = std::max<int64_t>(1, rows / 2 + 1);
+            const uint8_t* Ws[3] = {W.bytes.data(), W.bytes.data(), W.bytes.data()};
+            const int64_t rs[3] = {rows, rows, rows2};
+            for (int64_t nt : {int64_t(1), int64_t(2), int64_t(5), max_tokens}) {
+                std::vector<float> one(static_cast<size_t>(nt * rows));
+                std::vector<float> many[3] = {std::vector<float>(one.size()), std::vector<float>(one.size()),
+                                              std::vector<float>(static_cast<size_t>(nt * rows2))};
+                float* ys[3] = {many[0].data(), many[1].data(), many[2].data()};
+                ops::matmul(W.bytes.data(), type, rows, k, x.data(), nt, one.data(), *pools[1]);
+                ops::matmul_many(Ws, type, rs, k, ys, 3, x.data(), nt, *pools[1]);
+                bool same = std::memcmp(one.data(), many[0].data(), one.size() * sizeof(float)) == 0 &&
+                            std::memcmp(one.data(), many[1].data(), one.size() * sizeof(float)) == 0;
+                std::vector<float> part(static_cast<size_t>(nt * rows2));
+                ops::matmul(W.bytes.data(), type, rows2, k, x.data(), nt, part.data(), *pools[1]);
+                same = same && std::memcmp(part.data(), many[2].data(), part.size() * sizeof(float)) == 0;
+                if (!same)
+                    fail(std::string(tname) + " k=" + std::to_string(k) + " rows=" + std::to_string(rows) +
+                         " n_tokens=" + std::to_string(nt) + ": matmul_many of raw weights differs from matmul");
+            }
+        }
         std::vector<float> row(static_cast<size_t>(k));
         for (int64_t r = 0; r < rows; r += std::max<int64_t>(1, rows / 3)) {
             ops::get_row(W.bytes.data(), type, k, r, row.data());

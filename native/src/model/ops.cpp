@@ -144,10 +144,27 @@ void linear_many(Forward& f, const float* in, std::initializer_list<LinearOut> o
         y[n++] = o.out;
     }
     if (n <= 0) {
-        for (const LinearOut& o : outs) linear(f, o.W, in, o.out, o.bias ? *o.bias : std::vector<float>());
-        return;
+        // raw weights of one type (f16 in one pass for few tokens), else one linear() each
+        const uint8_t* raw[4];
+        int64_t rows[4];
+        int m = 0;
+        for (const LinearOut& o : outs) {
+            if (m == 4 || o.W.packed || o.W.type != outs.begin()->W.type || o.W.cols != outs.begin()->W.cols) {
+                m = -1;
+                break;
+            }
+            raw[m] = o.W.data;
+            rows[m] = o.W.rows;
+            y[m++] = o.out;
+        }
+        if (m <= 0) {
+            for (const LinearOut& o : outs) linear(f, o.W, in, o.out, o.bias ? *o.bias : std::vector<float>());
+            return;
+        }
+        ops::matmul_many(raw, outs.begin()->W.type, rows, outs.begin()->W.cols, y, m, in, f.n_tokens, f.pool);
+    } else {
+        ops::matmul_many(W, y, n, in, f.n_tokens, f.pool);
     }
-    ops::matmul_many(W, y, n, in, f.n_tokens, f.pool);
     for (const LinearOut& o : outs)
         if (o.bias) add_bias(o.out, f.n_tokens, o.W.rows, *o.bias);
 }

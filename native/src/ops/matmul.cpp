@@ -106,6 +106,7 @@ constexpr int64_t kRowAlign = 4;                // the kernels' row tile
 constexpr int64_t kPrefillTileBytes = 96 << 10;  // dequantized rows per tile when many tokens reuse them
 constexpr int64_t kDecodeTileBytes = 16 << 10;   // ... and when few do: stay in L1
 constexpr int64_t kManyTokens = 4;
+constexpr int64_t kDirectF16Tokens = 16;  // up to this many tokens, f16 rows are read in place (gemm_f16)
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
@@ -165,6 +166,27 @@ void run_qmatmul(const Kernels& K, const QFmt& f, const uint8_t* W, size_t rs, i
     });
 }
 
+// f16 weights W[i] (rows[i] x k) against n_tokens <= kDirectF16Tokens, read in place by the ISA's
+// gemm_f16, all n in one pass over the pool; false (nothing done) when that does not apply.
+bool run_f16_direct(const Kernels& K, const uint8_t* const* W, quant::Type type, const int64_t* rows, int64_t k,
+                    float* const* y, int n, const float* x, int64_t n_tokens, ThreadPool& pool) {
+    if (type != quant::Type::F16 || !K.gemm_f16 || n_tokens > kDirectF16Tokens || n > kMaxFused) return false;
+    int64_t per[kMaxFused], first[kMaxFused + 1] = {0};
+    for (int i = 0; i < n; ++i) {
+        if (reinterpret_cast<uintptr_t>(W[i]) % alignof(uint16_t) != 0) return false;
+        const int64_t r = rows[i], nt = pool.n_threads();
+        per[i] = round_up(std::max<int64_t>(1, (r + 4 * nt - 1) / (4 * nt)), 2 * kRowAlign);
+        first[i + 1] = first[i] + (r + per[i] - 1) / per[i];
+    }
+    pool.run(first[n], [&](int64_t task, int) {
+        int i = 0;
+        while (task >= first[i + 1]) ++i;
+        const int64_t r0 = (task - first[i]) * per[i], nr = std::min(per[i], rows[i] - r0);
+        K.gemm_f16(reinterpret_cast<const uint16_t*>(W[i]) + r0 * k, k, nr, x, k, n_tokens, k, y[i] + r0, rows[i]);
+    });
+    return true;
+}
+
 void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const float* x,
                 int64_t n_tokens, float* y, ThreadPool& pool) {
     check(type, k);
@@ -175,6 +197,9 @@ void run_matmul(const Kernels& K, const uint8_t* W, quant::Type type, int64_t ro
         run_qmatmul(K, qf, W, rs, rows, k, x, n_tokens, y, pool);
         return;
     }
+
+    // f16 weights against few tokens: read in place, widened in registers (no tile conversion pass)
+    if (run_f16_direct(K, &W, type, &rows, k, &y, 1, x, n_tokens, pool)) return;
 
     // f32 weights are read in place when aligned (GGUF aligns tensor data to 32 bytes by default)
     const bool in_place = type == quant::Type::F32 && reinterpret_cast<uintptr_t>(W) % alignof(float) == 0;
@@ -318,6 +343,16 @@ void matmul_many(const Packed* const* W, float* const* y, int n, const float* x,
 void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
     const Packed* one = &W;
     matmul_many(&one, &y, 1, x, n_tokens, pool);
+}
+
+void matmul_many(const uint8_t* const* W, quant::Type type, const int64_t* rows, int64_t k, float* const* y, int n,
+                 const float* x, int64_t n_tokens, ThreadPool& pool) {
+    if (n < 1 || n > detail::kMaxFused) throw Error("matmul_many: " + std::to_string(n) + " weights (1 to 4)");
+    detail::check(type, k);
+    if (n_tokens <= 0) return;
+    const detail::Kernels& K = detail::best_kernels();
+    if (detail::run_f16_direct(K, W, type, rows, k, y, n, x, n_tokens, pool)) return;
+    for (int i = 0; i < n; ++i) detail::run_matmul(K, W[i], type, rows[i], k, x, n_tokens, y[i], pool);
 }
 
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out) {

@@ -60,6 +60,12 @@ void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadP
 // one pass over the pool for all of them (the same bits as n calls).
 void matmul_many(const Packed* const* W, float* const* y, int n, const float* x, int64_t n_tokens, ThreadPool& pool);
 
+// matmul() of the same x against n (1 to 4) raw weights W[i] (rows[i] rows of k elements, one type):
+// f16 weights against few tokens in one pass over the pool, others one matmul() each; the same bits
+// as n calls either way.
+void matmul_many(const uint8_t* const* W, quant::Type type, const int64_t* rows, int64_t k, float* const* y, int n,
+                 const float* x, int64_t n_tokens, ThreadPool& pool);
+
 // Row lookup for embeddings: dequantizes row `r` of W (rows of k elements) into out (k floats).
 void get_row(const uint8_t* W, quant::Type type, int64_t k, int64_t r, float* out);
 

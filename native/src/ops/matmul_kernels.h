@@ -31,6 +31,11 @@ struct Kernels {
     // the panels at w (r < rows) and tokens t < nt of a, bit-identical to qgemm_ref.
     void (*qgemm)(const QFmt& f, const uint8_t* w, int64_t p0, int64_t np, int64_t rows, const QActs& a, int64_t nt,
                   float* y, int64_t ldy);
+    // gemm() of f16 rows (ldw elements apart) read in place, bit-identical to gemm() on the rows
+    // converted to f32 (the conversion is exact); nullptr when this ISA has none (the caller then
+    // converts tiles of rows and calls gemm()).
+    void (*gemm_f16)(const uint16_t* w, int64_t ldw, int64_t nr, const float* x, int64_t ldx, int64_t nt, int64_t k,
+                     float* y, int64_t ldy) = nullptr;
 };
 
 // nullptr when the build target has no such kernels (not x86) or the CPU lacks the instructions.

@@ -395,6 +395,97 @@ EDGELLM_AVX512 void gemm(const float* w, int64_t ldw, int64_t nr, const float* x
     }
 }
 
+// ---- f16 weights read in place (few tokens): the arithmetic of gemm() on the converted rows ----
+
+// One tile of MR rows (up to 8: more independent sums when few tokens share the rows) x NR tokens
+// over all k, the f16 weights widened in registers (exact), lane by lane in gemm()'s order.
+template <int MR, int NR>
+EDGELLM_AVX512 void tile_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t k, float* y,
+                             int64_t ldy, int nr) {
+    constexpr int kRows = MR <= 4 ? 4 : 8;
+    __m512 acc[kRows][NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 6
+        for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_setzero_ps();
+    // the next tile's rows (contiguous when ldw == k, as matmul() calls it) are prefetched while
+    // this one runs: MR / 2 lines per step of 16 columns cover them
+    const char* next = reinterpret_cast<const char*>(w + MR * ldw);
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+#pragma GCC unroll 4
+        for (int i = 0; i < (MR + 1) / 2; ++i) _mm_prefetch(next + 64 * ((j / 16) * ((MR + 1) / 2) + i), _MM_HINT_T0);
+        __m512 xv[NR];
+#pragma GCC unroll 6
+        for (int t = 0; t < NR; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + j);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) {
+            const __m512 wv =
+                _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + j)));
+#pragma GCC unroll 6
+            for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    if (j < k) {
+        const __mmask16 m = static_cast<__mmask16>((1u << (k - j)) - 1u);
+        __m512 xv[NR];
+        for (int t = 0; t < NR; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + j);
+        for (int r = 0; r < MR; ++r) {
+            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + r * ldw + j));
+            for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+    for (int r0 = 0; r0 < nr; r0 += 4) {
+        __m512 part[4][NR];
+        for (int r = 0; r < 4; ++r)
+            for (int t = 0; t < NR; ++t) part[r][t] = acc[(r0 + r) % kRows][t];
+        store_tile<NR>(part, y + r0, ldy, nr - r0 < 4 ? nr - r0 : 4);
+    }
+}
+
+template <int NR>
+EDGELLM_AVX512 void tile_f16_rows(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t k, float* y,
+                                  int64_t ldy, int nr) {
+    switch (nr) {
+        case 1: tile_f16<1, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 2: tile_f16<2, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 3: tile_f16<3, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 4: tile_f16<4, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        default: break;
+    }
+    if constexpr (NR <= 2) {  // 8-row tiles only for 1 or 2 tokens (register budget)
+        switch (nr) {
+            case 5: tile_f16<5, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            case 6: tile_f16<6, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            case 7: tile_f16<7, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            default: tile_f16<8, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        }
+    }
+}
+
+// gemm() of f16 rows w (ldw elements apart): tiles of 8 rows for up to 2 tokens, else 4 rows.
+EDGELLM_AVX512 void gemm_f16(const uint16_t* w, int64_t ldw, int64_t nr, const float* x, int64_t ldx, int64_t nt,
+                             int64_t k, float* y, int64_t ldy) {
+    for (int64_t t0 = 0; t0 < nt; t0 += kNR) {
+        const int nt1 = static_cast<int>(nt - t0 < kNR ? nt - t0 : kNR);
+        const int mr = nt1 <= 2 ? 8 : 4;
+        for (int64_t r0 = 0; r0 < nr; r0 += mr) {
+            const int nr1 = static_cast<int>(nr - r0 < mr ? nr - r0 : mr);
+            const uint16_t* wt = w + r0 * ldw;
+            const float* xt = x + t0 * ldx;
+            float* yt = y + t0 * ldy + r0;
+            switch (nt1) {
+                case 1: tile_f16_rows<1>(wt, ldw, xt, ldx, k, yt, ldy, nr1); break;
+                case 2: tile_f16_rows<2>(wt, ldw, xt, ldx, k, yt, ldy, nr1); break;
+                case 3: tile_f16_rows<3>(wt, ldw, xt, ldx, k, yt, ldy, nr1); break;
+                case 4: tile_f16_rows<4>(wt, ldw, xt, ldx, k, yt, ldy, nr1); break;
+                case 5: tile_f16_rows<5>(wt, ldw, xt, ldx, k, yt, ldy, nr1); break;
+                default: tile_f16_rows<6>(wt, ldw, xt, ldx, k, yt, ldy, nr1); break;
+            }
+        }
+    }
+}
+
 // ---- integer path: AVX-512 BW + VNNI, a panel per zmm register, up to 8 tokens per tile ----
 
 #define EDGELLM_QTARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -404,7 +495,7 @@ constexpr int64_t kQMaxTokens = 8;
 #undef EDGELLM_QTARGET
 #undef EDGELLM_QZMM
 
-const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, qgemm};
+const Kernels kAvx512 = {Isa::Avx512, dequant, gemm, qgemm, gemm_f16};
 
 }  // namespace
 
