@@ -5,7 +5,8 @@
 // the same bits.
 // F32 / F16 / BF16 weights take the float path: a task dequantizes a tile of rows into a per-thread
 // f32 buffer (sized to stay in cache; F32 is used in place) and multiplies it against every token
-// with the ISA's register-blocked kernel, the summation order fixed by k alone.
+// with the ISA's register-blocked kernel, the summation order fixed by k alone. F16 rows against
+// few tokens are read in place instead (gemm_f16: the same sums on the same exact conversions).
 // Either way results depend neither on the split nor on n_tokens.
 #include "ops/matmul.h"
 
