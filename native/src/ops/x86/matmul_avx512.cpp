@@ -330,24 +330,47 @@ EDGELLM_AVX512 inline void store_tile(const __m512 (&acc)[4][NR], float* y, int6
 }
 constexpr int kNR = 6;  // tokens per tile: 24 accumulators + 4 + 1 of the 32 zmm registers
 
-// One tile of MR rows x NR tokens over all k. Lanes hold j mod 16; the tail (k % 16) is loaded
-// masked (zeros add nothing).
-template <int MR, int NR>
-EDGELLM_AVX512 void tile(const float* w, int64_t ldw, const float* x, int64_t ldx, int64_t k, float* y,
-                         int64_t ldy, int nr) {
-    __m512 acc[kMR][NR];
-#pragma GCC unroll 4
-    for (int r = 0; r < kMR; ++r)
+// 16 weights as floats: f32 loaded, f16 widened (exact); the masked forms load the first lanes of m.
+__attribute__((always_inline)) EDGELLM_AVX512 inline __m512 wload(const float* p) { return _mm512_loadu_ps(p); }
+__attribute__((always_inline)) EDGELLM_AVX512 inline __m512 wload(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+__attribute__((always_inline)) EDGELLM_AVX512 inline __m512 wload(__mmask16 m, const float* p) {
+    return _mm512_maskz_loadu_ps(m, p);
+}
+__attribute__((always_inline)) EDGELLM_AVX512 inline __m512 wload(__mmask16 m, const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// One tile of MR rows (up to 8: more independent sums when few tokens share the rows) x NR tokens
+// over all k. Lanes hold j mod 16; the tail (k % 16) is loaded masked (zeros add nothing). WT is the
+// weights' element: float (rows converted beforehand) or f16 bits read in place, whose next tile of
+// rows (contiguous when ldw == k, as matmul() calls it) is prefetched meanwhile: (MR + 1) / 2 lines
+// per step of 16 columns cover it.
+template <typename WT, int MR, int NR>
+EDGELLM_AVX512 void tile(const WT* w, int64_t ldw, const float* x, int64_t ldx, int64_t k, float* y, int64_t ldy,
+                         int nr) {
+    constexpr int kRows = MR <= 4 ? 4 : 8;
+    constexpr bool kPrefetch = std::is_same_v<WT, uint16_t>;
+    __m512 acc[kRows][NR];
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r)
 #pragma GCC unroll 6
         for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_setzero_ps();
+    const char* next = reinterpret_cast<const char*>(w + MR * ldw);
     int64_t j = 0;
     for (; j + 16 <= k; j += 16) {
+        if constexpr (kPrefetch) {
+#pragma GCC unroll 4
+            for (int i = 0; i < (MR + 1) / 2; ++i)
+                _mm_prefetch(next + 64 * ((j / 16) * ((MR + 1) / 2) + i), _MM_HINT_T0);
+        }
         __m512 xv[NR];
 #pragma GCC unroll 6
         for (int t = 0; t < NR; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + j);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int r = 0; r < MR; ++r) {
-            const __m512 wv = _mm512_loadu_ps(w + r * ldw + j);
+            const __m512 wv = wload(w + r * ldw + j);
 #pragma GCC unroll 6
             for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
         }
@@ -357,23 +380,32 @@ EDGELLM_AVX512 void tile(const float* w, int64_t ldw, const float* x, int64_t ld
         __m512 xv[NR];
         for (int t = 0; t < NR; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + j);
         for (int r = 0; r < MR; ++r) {
-            const __m512 wv = _mm512_maskz_loadu_ps(m, w + r * ldw + j);
+            const __m512 wv = wload(m, w + r * ldw + j);
             for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
         }
     }
-    store_tile<NR>(acc, y, ldy, nr);
+    if constexpr (kRows == 4) {
+        store_tile<NR>(acc, y, ldy, nr);
+    } else {
+        for (int r0 = 0; r0 < nr; r0 += 4) {
+            __m512 part[4][NR];
+            for (int r = 0; r < 4; ++r)
+                for (int t = 0; t < NR; ++t) part[r][t] = acc[r0 + r][t];
+            store_tile<NR>(part, y + r0, ldy, nr - r0 < 4 ? nr - r0 : 4);
+        }
+    }
 }
 
 template <int MR>
 EDGELLM_AVX512 void tile_nt(const float* w, int64_t ldw, const float* x, int64_t ldx, int nt, int64_t k, float* y,
                             int64_t ldy, int nr) {
     switch (nt) {
-        case 1: tile<MR, 1>(w, ldw, x, ldx, k, y, ldy, nr); break;
-        case 2: tile<MR, 2>(w, ldw, x, ldx, k, y, ldy, nr); break;
-        case 3: tile<MR, 3>(w, ldw, x, ldx, k, y, ldy, nr); break;
-        case 4: tile<MR, 4>(w, ldw, x, ldx, k, y, ldy, nr); break;
-        case 5: tile<MR, 5>(w, ldw, x, ldx, k, y, ldy, nr); break;
-        default: tile<MR, 6>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        case 1: tile<float, MR, 1>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        case 2: tile<float, MR, 2>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        case 3: tile<float, MR, 3>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        case 4: tile<float, MR, 4>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        case 5: tile<float, MR, 5>(w, ldw, x, ldx, k, y, ldy, nr); break;
+        default: tile<float, MR, 6>(w, ldw, x, ldx, k, y, ldy, nr); break;
     }
 }
 
@@ -397,68 +429,22 @@ EDGELLM_AVX512 void gemm(const float* w, int64_t ldw, int64_t nr, const float* x
 
 // ---- f16 weights read in place (few tokens): the arithmetic of gemm() on the converted rows ----
 
-// One tile of MR rows (up to 8: more independent sums when few tokens share the rows) x NR tokens
-// over all k, the f16 weights widened in registers (exact), lane by lane in gemm()'s order.
-template <int MR, int NR>
-EDGELLM_AVX512 void tile_f16(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t k, float* y,
-                             int64_t ldy, int nr) {
-    constexpr int kRows = MR <= 4 ? 4 : 8;
-    __m512 acc[kRows][NR];
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 6
-        for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_setzero_ps();
-    // the next tile's rows (contiguous when ldw == k, as matmul() calls it) are prefetched while
-    // this one runs: MR / 2 lines per step of 16 columns cover them
-    const char* next = reinterpret_cast<const char*>(w + MR * ldw);
-    int64_t j = 0;
-    for (; j + 16 <= k; j += 16) {
-#pragma GCC unroll 4
-        for (int i = 0; i < (MR + 1) / 2; ++i) _mm_prefetch(next + 64 * ((j / 16) * ((MR + 1) / 2) + i), _MM_HINT_T0);
-        __m512 xv[NR];
-#pragma GCC unroll 6
-        for (int t = 0; t < NR; ++t) xv[t] = _mm512_loadu_ps(x + t * ldx + j);
-#pragma GCC unroll 8
-        for (int r = 0; r < MR; ++r) {
-            const __m512 wv =
-                _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * ldw + j)));
-#pragma GCC unroll 6
-            for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
-    }
-    if (j < k) {
-        const __mmask16 m = static_cast<__mmask16>((1u << (k - j)) - 1u);
-        __m512 xv[NR];
-        for (int t = 0; t < NR; ++t) xv[t] = _mm512_maskz_loadu_ps(m, x + t * ldx + j);
-        for (int r = 0; r < MR; ++r) {
-            const __m512 wv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + r * ldw + j));
-            for (int t = 0; t < NR; ++t) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-        }
-    }
-    for (int r0 = 0; r0 < nr; r0 += 4) {
-        __m512 part[4][NR];
-        for (int r = 0; r < 4; ++r)
-            for (int t = 0; t < NR; ++t) part[r][t] = acc[(r0 + r) % kRows][t];
-        store_tile<NR>(part, y + r0, ldy, nr - r0 < 4 ? nr - r0 : 4);
-    }
-}
-
 template <int NR>
 EDGELLM_AVX512 void tile_f16_rows(const uint16_t* w, int64_t ldw, const float* x, int64_t ldx, int64_t k, float* y,
                                   int64_t ldy, int nr) {
     switch (nr) {
-        case 1: tile_f16<1, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
-        case 2: tile_f16<2, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
-        case 3: tile_f16<3, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
-        case 4: tile_f16<4, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 1: tile<uint16_t, 1, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 2: tile<uint16_t, 2, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 3: tile<uint16_t, 3, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
+        case 4: tile<uint16_t, 4, NR>(w, ldw, x, ldx, k, y, ldy, nr); return;
         default: break;
     }
     if constexpr (NR <= 2) {  // 8-row tiles only for 1 or 2 tokens (register budget)
         switch (nr) {
-            case 5: tile_f16<5, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
-            case 6: tile_f16<6, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
-            case 7: tile_f16<7, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
-            default: tile_f16<8, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            case 5: tile<uint16_t, 5, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            case 6: tile<uint16_t, 6, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            case 7: tile<uint16_t, 7, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
+            default: tile<uint16_t, 8, NR>(w, ldw, x, ldx, k, y, ldy, nr); break;
         }
     }
 }
