@@ -132,38 +132,34 @@ void linear(Forward& f, const Matrix& W, const float* in, float* out, const std:
 }
 
 void linear_many(Forward& f, const float* in, std::initializer_list<LinearOut> outs) {
-    const ops::Packed* W[4];
+    // one pass when all are packed, or all raw of one type (f16 against few tokens); else one linear() each
+    if (outs.size() == 0) return;
+    const Matrix& first = outs.begin()->W;
+    const ops::Packed* packed[4];
+    const uint8_t* raw[4];
+    int64_t rows[4];
     float* y[4];
     int n = 0;
+    bool all_packed = true, all_raw = true;
     for (const LinearOut& o : outs) {
-        if (n == 4 || !o.W.packed || o.W.cols != outs.begin()->W.cols) {
-            n = -1;
+        if (n == 4 || o.W.cols != first.cols) {
+            all_packed = all_raw = false;
             break;
         }
-        W[n] = o.W.packed.get();
+        all_packed = all_packed && o.W.packed;
+        all_raw = all_raw && !o.W.packed && o.W.type == first.type;
+        packed[n] = o.W.packed.get();
+        raw[n] = o.W.data;
+        rows[n] = o.W.rows;
         y[n++] = o.out;
     }
-    if (n <= 0) {
-        // raw weights of one type (f16 in one pass for few tokens), else one linear() each
-        const uint8_t* raw[4];
-        int64_t rows[4];
-        int m = 0;
-        for (const LinearOut& o : outs) {
-            if (m == 4 || o.W.packed || o.W.type != outs.begin()->W.type || o.W.cols != outs.begin()->W.cols) {
-                m = -1;
-                break;
-            }
-            raw[m] = o.W.data;
-            rows[m] = o.W.rows;
-            y[m++] = o.out;
-        }
-        if (m <= 0) {
-            for (const LinearOut& o : outs) linear(f, o.W, in, o.out, o.bias ? *o.bias : std::vector<float>());
-            return;
-        }
-        ops::matmul_many(raw, outs.begin()->W.type, rows, outs.begin()->W.cols, y, m, in, f.n_tokens, f.pool);
+    if (all_packed) {
+        ops::matmul_many(packed, y, n, in, f.n_tokens, f.pool);
+    } else if (all_raw) {
+        ops::matmul_many(raw, first.type, rows, first.cols, y, n, in, f.n_tokens, f.pool);
     } else {
-        ops::matmul_many(W, y, n, in, f.n_tokens, f.pool);
+        for (const LinearOut& o : outs) linear(f, o.W, in, o.out, o.bias ? *o.bias : std::vector<float>());
+        return;
     }
     for (const LinearOut& o : outs)
         if (o.bias) add_bias(o.out, f.n_tokens, o.W.rows, *o.bias);
