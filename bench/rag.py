@@ -12,7 +12,8 @@ the naive baseline: fixed 150-word chunks of the page text, fp32 embedder, vecto
 
 Speed: the whole ingest (extract, chunk, embed, write) in chunks/s; the embedder alone on 150-word
 chunks, fp32 and int8; search p50/p95 over the evaluation questions on a synthetic 100k-chunk index
-(real chunk texts recombined, real vectors perturbed), query embedding included.
+(real chunk texts recombined, real vectors perturbed), query embedding included, each mode in a fresh
+searcher (a new session: no word scores cached yet), and p50 of a second pass over the same questions.
 Results: a markdown table on stdout and JSON under bench/results/.
 """
 
@@ -135,13 +136,25 @@ def synthetic_index(db: Path, source, embedder, n_chunks: int, seed: int = 0):
 
 
 def latency(index, questions: list[dict], mode: str) -> dict[str, float]:
-    times = []
-    for q in questions:
-        t = time.perf_counter()
-        index.search(q["question"], K, mode=mode)
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return {"p50_ms": 1000 * statistics.median(times), "p95_ms": 1000 * times[int(0.95 * (len(times) - 1))]}
+    """p50/p95 over the questions in a fresh searcher (its word cache empty, as in a new session; the
+    vector copy loaded beforehand: that is the first query's cost, reported apart), then p50 of a second
+    pass over the same questions (frequent words' scores cached)."""
+    from edgellm.rag.search import Searcher
+
+    searcher = Searcher(index.store, index.embedder)
+    searcher._warm_matrix()
+    passes = []
+    for _ in range(2):
+        times = []
+        for q in questions:
+            t = time.perf_counter()
+            searcher.search(q["question"], k=K, mode=mode)
+            times.append(time.perf_counter() - t)
+        times.sort()
+        passes.append(times)
+    first, again = passes
+    return {"p50_ms": 1000 * statistics.median(first), "p95_ms": 1000 * first[int(0.95 * (len(first) - 1))],
+            "p50_second_pass_ms": 1000 * statistics.median(again)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     if "search" in out["speed"]:
         s = out["speed"]["search"]
         print(f"search on {s['chunks']} chunks: " + ", ".join(
-            f"{mode} p50 {s[mode]['p50_ms']:.1f} ms (p95 {s[mode]['p95_ms']:.1f})" for mode in ("hybrid", "vector", "keyword"))
+            f"{mode} p50 {s[mode]['p50_ms']:.1f} ms (p95 {s[mode]['p95_ms']:.1f}, second pass p50 "
+            f"{s[mode]['p50_second_pass_ms']:.1f})" for mode in ("hybrid", "vector", "keyword"))
             + f"; first query {s['first_query_ms']:.0f} ms")
     results = HERE / "results"
     results.mkdir(exist_ok=True)

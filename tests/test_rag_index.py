@@ -275,6 +275,53 @@ def test_search_path_filter_and_modes(tmp_path, embedder):
         assert index.search("   ") == []
 
 
+def test_keyword_search_ranks_as_fts5_bm25_of_the_or_query(tmp_path, embedder, monkeypatch):
+    """Keyword search sums FTS5's bm25 of each word (frequent words from a cache); the ranking and scores
+    must be FTS5's own for the OR query, from the cache too, and again after the index changes."""
+    from edgellm.rag import search
+
+    def fts5(index, query: str, k: int) -> dict[int, float]:
+        rows = index.store.conn.execute(
+            f"SELECT rowid, -{search._BM25} AS s FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY s DESC LIMIT ?",
+            [search.keyword_query(query), k]).fetchall()
+        return dict(rows)
+
+    def check(searcher, index, queries) -> None:
+        for query in queries:
+            ours = searcher.keyword_ids(query, 6)
+            ref = fts5(index, query, 50)
+            assert len(ours) == min(6, len(ref)) and ours, query
+            for (cid, score), (_, prev) in zip(ours, [(None, float("inf")), *ours]):
+                assert score <= prev and abs(score - ref[cid]) <= 1e-6 * abs(ref[cid]), (query, cid)
+            # nothing left out scores higher than the last one we return
+            assert sorted(ref.values(), reverse=True)[len(ours) - 1] <= ours[-1][1] * (1 + 1e-6)
+
+    rag_helpers.write_corpus(tmp_path / "docs", 12)
+    queries = ["watering tomatoes in the sun", "Saturn's rings through a small telescope", "note part 2",
+               "bicycle chain oil and watering"]
+    with _index(tmp_path / "index.db", embedder) as index:
+        index.add([tmp_path / "docs"], progress=False)
+        searcher = search.Searcher(index.store, embedder)
+        check(searcher, index, queries)  # every word rare: one FTS5 statement per query
+        assert not searcher._common
+        monkeypatch.setattr(search, "_COMMON_ROWS", 1)  # every word frequent: one statement per word, cached
+        check(searcher, index, queries)
+        cached = dict(searcher._common)
+        assert {"watering", "note", "part"} <= set(cached)
+        check(searcher, index, queries)
+        assert all(searcher._common[w] is cached[w] for w in cached)  # the second pass came from the cache
+        more = rag_helpers.write_corpus(tmp_path / "more", 14)[12:]
+        index.add(more, progress=False)  # more chunks: every idf and the average length move
+        check(searcher, index, queries)
+        assert all(searcher._common[w] is not cached[w] for w in searcher._common)
+        monkeypatch.setattr(search, "_COMMON_CACHE_BYTES", 1)  # the cache keeps only the latest word
+        index.add(rag_helpers.write_corpus(tmp_path / "more", 15)[14:], progress=False)
+        check(searcher, index, queries)
+        assert len(searcher._common) == 1
+        assert searcher.keyword_ids("the of and", 3) == searcher.keyword_ids("the of and", 3)  # only stopwords
+        assert searcher.keyword_ids("zzzunknownword", 3) == []
+
+
 def test_narrow_path_filter_on_an_index_larger_than_a_knn_query(tmp_path, embedder):
     """sqlite-vec returns at most 4096 neighbours per query: a filter that keeps only a few chunks of a
     bigger index must still find them."""

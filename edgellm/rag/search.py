@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ RRF_K = 60
 _FUSION_DEPTH = 8
 # BM25 weights of the FTS columns (heading, text): a word in a chunk's heading path says more about it.
 _BM25_WEIGHTS = (2.0, 1.0)
+_BM25 = f"bm25(chunks_fts, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]})"
 
 STOPWORDS = frozenset({"a", "about", "above", "after", "again", "against", "all", "am", "an", "and",
     "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both",
@@ -52,16 +54,33 @@ class SearchResult:
     score: float        # hybrid: fused RRF score; vector: cosine similarity; keyword: -bm25 (higher is better)
 
 
-def keyword_query(text: str) -> str | None:
-    """An FTS5 query for free text: its words (stopwords dropped unless nothing else is left), each quoted
-    so that no word is read as FTS syntax, joined with OR; BM25 ranks chunks with more and rarer words first."""
+def keyword_words(text: str) -> list[str]:
+    """The words of free text a keyword search looks for: lowercased, stopwords dropped (unless nothing
+    else is left), each once, in order."""
     words = [w.lower() for w in _WORD.findall(text)]
     kept = [w for w in words if w not in STOPWORDS] or words
-    seen: list[str] = []
-    for w in kept:
-        if w not in seen:
-            seen.append(w)
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in seen) if seen else None
+    return list(dict.fromkeys(kept))
+
+
+def _quoted(word: str) -> str:
+    """`word` as an FTS5 string: never read as query syntax."""
+    return '"' + word.replace('"', '""') + '"'
+
+
+def keyword_query(text: str) -> str | None:
+    """An FTS5 query for free text: its keyword_words, quoted, joined with OR; BM25 ranks chunks with
+    more and rarer words first."""
+    words = keyword_words(text)
+    return " OR ".join(_quoted(w) for w in words) if words else None
+
+
+def _sum_scores(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(totals indexed by chunk id, the ids with a score) of (chunk ids, scores) lists."""
+    if not parts:
+        return np.zeros(0), np.zeros(0, np.int64)
+    ids = np.concatenate([p[0] for p in parts])
+    totals = np.bincount(ids, weights=np.concatenate([p[1] for p in parts]))
+    return totals, np.flatnonzero(np.bincount(ids))
 
 
 def _path_filter(path: str | None) -> tuple[str, list[Any]]:
@@ -81,6 +100,16 @@ def _path_filter(path: str | None) -> tuple[str, list[Any]]:
 # two cores (77 MB), sqlite-vec's scan of its table about 20 ms. float16 keeps every score within 1e-4 of
 # the float32 one. Below it, sqlite-vec's KNN is as fast and costs no memory.
 WARM_MIN_VECTORS = 20_000
+# Keyword search sums FTS5's bm25 of each query word on its own. bm25 is a sum over the query's words of
+# idf(word) times a saturating function of the word's weighted count in the chunk and the chunk's length, so
+# the sum ranks exactly as FTS5's bm25 of the OR query does. What makes that query slow on a big index is
+# scoring every chunk that holds a frequent word (SQLite spends ~0.8 us per chunk and word), and frequent
+# words recur from query to query: the (chunk ids, scores) of a word held by at least _COMMON_ROWS chunks
+# stay in memory (least recently used dropped beyond _COMMON_CACHE_BYTES) until the index changes. The
+# rarer words of a query are scored by FTS5 together, in one statement.
+_COMMON_ROWS = 1000
+_COMMON_CACHE_BYTES = 64 << 20
+_ROW_COUNTS_MAX = 100_000  # words whose chunk count is remembered (a few bytes each)
 _VEC0_MAX_K = 4096  # sqlite-vec refuses a KNN query for more neighbours
 
 
@@ -92,6 +121,10 @@ class Searcher:
         self._matrix: tuple[np.ndarray, Any] | None = None
         self._matrix_version: tuple[int, int] = (-1, -1)  # the index version _matrix and _n_vectors describe
         self._n_vectors = 0
+        self._words_version: tuple[int, int] = (-1, -1)  # the index version the word caches describe
+        self._row_counts: dict[str, int] = {}  # word -> chunks that hold it
+        self._common: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (ids, scores)
+        self._common_bytes = 0
 
     def search(self, query: str, *, k: int = 5, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
         if mode not in MODES:
@@ -149,12 +182,16 @@ class Searcher:
                 return hits[:k]
             want = min(total, want * 4)
 
+    def _version(self) -> tuple[int, int]:
+        """Changes with every write to the index: ours (the store's generation) or another process's
+        (SQLite's data_version)."""
+        return self.store.generation, self.store._query_one("PRAGMA data_version")[0]
+
     def _warm_matrix(self) -> tuple[np.ndarray, Any] | None:
-        """(ids, the vectors' float16 RowMatrix) for a big index, loaded once and reloaded after any write
-        (ours: the store's generation; another process's: SQLite's data_version); None for a small index.
-        Also keeps _n_vectors, the vector count, for the same version: counting costs a scan of vec0's
-        rowids."""
-        version = (self.store.generation, self.store._query_one("PRAGMA data_version")[0])
+        """(ids, the vectors' float16 RowMatrix) for a big index, loaded once and reloaded after any
+        write; None for a small index. Also keeps _n_vectors, the vector count, for the same version:
+        counting costs a scan of vec0's rowids."""
+        version = self._version()
         if self._matrix_version == version:
             return self._matrix
         self._matrix, self._matrix_version = None, version
@@ -172,21 +209,73 @@ class Searcher:
         return ids, _core.RowMatrix(packed, int(GGMLType.F16), self.embedder.dim)
 
     def keyword_ids(self, query: str, k: int, path: str | None = None) -> list[tuple[int, float]]:
-        """(chunk id, -bm25), best first."""
-        match = keyword_query(query)
-        if match is None:
+        """(chunk id, -bm25), best first: FTS5's bm25 of the OR of the query's words."""
+        words = keyword_words(query)
+        if not words:
             return []
-        bm25 = f"bm25(chunks_fts, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]})"
-        if not path:  # the FTS table alone: joining every match to its document costs more than ranking it
-            rows = self.store._query(f"SELECT rowid, {bm25} AS score FROM chunks_fts WHERE chunks_fts MATCH ? "
-                                     "ORDER BY score LIMIT ?", [match, k])
+        if path:  # FTS5 joined to the documents: only the chunks that pass the filter are scored
+            where, args = _path_filter(path)
+            rows = self.store._query(
+                f"SELECT f.rowid, {_BM25} AS score "
+                "FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.doc_id "
+                f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
+                [" OR ".join(_quoted(w) for w in words), *args, k])
             return [(cid, -score) for cid, score in rows]
-        where, args = _path_filter(path)
-        rows = self.store._query(
-            f"SELECT f.rowid, {bm25} AS score "
-            "FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.doc_id "
-            f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?", [match, *args, k])
-        return [(cid, -score) for cid, score in rows]
+        self._sync_words()
+        counts = [self._row_count(w) for w in words]
+        parts = [self._common_scores(w) for w, n in zip(words, counts) if n >= _COMMON_ROWS]
+        rare = [w for w, n in zip(words, counts) if 0 < n < _COMMON_ROWS]
+        if rare:
+            parts.append(self._scores(" OR ".join(_quoted(w) for w in rare)))
+        totals, hit = _sum_scores(parts)
+        n = min(k, len(hit))
+        if n <= 0:
+            return []
+        top = hit[np.argpartition(-totals[hit], n - 1)[:n]]
+        top = top[np.lexsort((top, -totals[top]))]
+        return [(int(i), float(totals[i])) for i in top]
+
+    def _row_count(self, word: str) -> int:
+        """Chunks that hold `word` (remembered for this index version)."""
+        n = self._row_counts.get(word)
+        if n is None:
+            if len(self._row_counts) >= _ROW_COUNTS_MAX:
+                self._row_counts.clear()
+            n = self._row_counts[word] = self.store._query_one(
+                "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", [_quoted(word)])[0]
+        return n
+
+    def _sync_words(self) -> None:
+        """Drops what the word caches hold once the index has changed (N, average length and idf move)."""
+        version = self._version()
+        if version != self._words_version:
+            self._words_version = version
+            self._row_counts.clear()
+            self._common.clear()
+            self._common_bytes = 0
+
+    def _scores(self, match: str) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, -bm25) of every chunk that matches the FTS5 query `match`."""
+        rows = self.store._query(f"SELECT rowid, {_BM25} FROM chunks_fts WHERE chunks_fts MATCH ?", [match])
+        ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        if len(ids) and 0 <= ids.min() and ids.max() < 2**31:
+            ids = ids.astype(np.int32)  # half the memory in the cache
+        # float32 keeps every score within 1e-7 of FTS5's (relative); sums are taken in float64
+        return ids, -np.fromiter((r[1] for r in rows), np.float32, len(rows))
+
+    def _common_scores(self, word: str) -> tuple[np.ndarray, np.ndarray]:
+        """_scores of one frequent word, from the cache when it holds them."""
+        hit = self._common.get(word)
+        if hit is not None:
+            self._common.move_to_end(word)
+            return hit
+        hit = self._scores(_quoted(word))
+        self._common[word] = hit
+        self._common_bytes += hit[0].nbytes + hit[1].nbytes
+        while self._common_bytes > _COMMON_CACHE_BYTES and len(self._common) > 1:
+            _, (ids, scores) = self._common.popitem(last=False)
+            self._common_bytes -= ids.nbytes + scores.nbytes
+        return hit
 
     def _filter_ids(self, ids: list[int] | None, where: str, args: list[Any]) -> set[int]:
         """The chunk ids among `ids` (all chunks when None) whose document passes the path filter."""
