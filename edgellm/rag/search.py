@@ -67,11 +67,16 @@ def _quoted(word: str) -> str:
     return '"' + word.replace('"', '""') + '"'
 
 
+def _any_of(words: list[str]) -> str:
+    """The FTS5 query that matches a chunk holding any of `words`."""
+    return " OR ".join(_quoted(w) for w in words)
+
+
 def keyword_query(text: str) -> str | None:
     """An FTS5 query for free text: its keyword_words, quoted, joined with OR; BM25 ranks chunks with
     more and rarer words first."""
     words = keyword_words(text)
-    return " OR ".join(_quoted(w) for w in words) if words else None
+    return _any_of(words) if words else None
 
 
 def _sum_scores(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -219,14 +224,14 @@ class Searcher:
                 f"SELECT f.rowid, {_BM25} AS score "
                 "FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.doc_id "
                 f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
-                [" OR ".join(_quoted(w) for w in words), *args, k])
+                [_any_of(words), *args, k])
             return [(cid, -score) for cid, score in rows]
         self._sync_words()
         counts = [self._row_count(w) for w in words]
         parts = [self._common_scores(w) for w, n in zip(words, counts) if n >= _COMMON_ROWS]
         rare = [w for w, n in zip(words, counts) if 0 < n < _COMMON_ROWS]
         if rare:
-            parts.append(self._scores(" OR ".join(_quoted(w) for w in rare)))
+            parts.append(self._scores(_any_of(rare)))
         totals, hit = _sum_scores(parts)
         n = min(k, len(hit))
         if n <= 0:
