@@ -275,30 +275,40 @@ def test_search_path_filter_and_modes(tmp_path, embedder):
         assert index.search("   ") == []
 
 
+def _fts5_scores(index, query: str, k: int) -> dict[int, float]:
+    """FTS5's own top k of the OR query of query's words: chunk id -> -bm25."""
+    from edgellm.rag import search
+
+    rows = index.store.conn.execute(
+        f"SELECT rowid, -{search._BM25} AS s FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY s DESC LIMIT ?",
+        [search.keyword_query(query), k]).fetchall()
+    return dict(rows)
+
+
+def _check_keyword_ids(searcher, index, queries) -> None:
+    """searcher's keyword ranking and scores are FTS5's for each query."""
+    for query in queries:
+        ours = searcher.keyword_ids(query, 6)
+        ref = _fts5_scores(index, query, 50)
+        assert len(ours) == min(6, len(ref)) and ours, query
+        for (cid, score), (_, prev) in zip(ours, [(None, float("inf")), *ours]):
+            assert score <= prev and abs(score - ref[cid]) <= 1e-6 * abs(ref[cid]), (query, cid)
+        # nothing left out scores higher than the last one we return
+        assert sorted(ref.values(), reverse=True)[len(ours) - 1] <= ours[-1][1] * (1 + 1e-6)
+
+
+KEYWORD_QUERIES = ["watering tomatoes in the sun", "Saturn's rings through a small telescope", "note part 2",
+                   "bicycle chain oil and watering"]
+
+
 def test_keyword_search_ranks_as_fts5_bm25_of_the_or_query(tmp_path, embedder, monkeypatch):
     """Keyword search sums FTS5's bm25 of each word (frequent words from a cache); the ranking and scores
     must be FTS5's own for the OR query, from the cache too, and again after the index changes."""
     from edgellm.rag import search
 
-    def fts5(index, query: str, k: int) -> dict[int, float]:
-        rows = index.store.conn.execute(
-            f"SELECT rowid, -{search._BM25} AS s FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY s DESC LIMIT ?",
-            [search.keyword_query(query), k]).fetchall()
-        return dict(rows)
-
-    def check(searcher, index, queries) -> None:
-        for query in queries:
-            ours = searcher.keyword_ids(query, 6)
-            ref = fts5(index, query, 50)
-            assert len(ours) == min(6, len(ref)) and ours, query
-            for (cid, score), (_, prev) in zip(ours, [(None, float("inf")), *ours]):
-                assert score <= prev and abs(score - ref[cid]) <= 1e-6 * abs(ref[cid]), (query, cid)
-            # nothing left out scores higher than the last one we return
-            assert sorted(ref.values(), reverse=True)[len(ours) - 1] <= ours[-1][1] * (1 + 1e-6)
-
+    check = _check_keyword_ids
     rag_helpers.write_corpus(tmp_path / "docs", 12)
-    queries = ["watering tomatoes in the sun", "Saturn's rings through a small telescope", "note part 2",
-               "bicycle chain oil and watering"]
+    queries = KEYWORD_QUERIES
     with _index(tmp_path / "index.db", embedder) as index:
         index.add([tmp_path / "docs"], progress=False)
         searcher = search.Searcher(index.store, embedder)
@@ -320,6 +330,72 @@ def test_keyword_search_ranks_as_fts5_bm25_of_the_or_query(tmp_path, embedder, m
         assert len(searcher._common) == 1
         assert searcher.keyword_ids("the of and", 3) == searcher.keyword_ids("the of and", 3)  # only stopwords
         assert searcher.keyword_ids("zzzunknownword", 3) == []
+
+
+def test_word_scores_are_kept_for_later_sessions_until_the_chunks_change(tmp_path, embedder, monkeypatch):
+    """A new searcher (a later session) reads the word counts and scores an earlier one stored in the index;
+    a change to the chunks through any connection empties them; a row is stored only when nothing was written
+    between reading and storing, and storing never waits for another writer's lock."""
+    from edgellm.rag import search
+    from edgellm.rag.sqlite import connect
+
+    monkeypatch.setattr(search, "_COMMON_ROWS", 2)  # the corpus is small: most words count as frequent
+    docs = rag_helpers.write_corpus(tmp_path / "docs", 12)
+    db = tmp_path / "index.db"
+    queries = [*KEYWORD_QUERIES, "watering zzzunknownword"]
+
+    def stored() -> dict[str, tuple]:
+        rows = index.store.conn.execute("SELECT word, n_chunks, ids IS NOT NULL FROM keyword_cache").fetchall()
+        return {w: (n, has) for w, n, has in rows}
+
+    with _index(db, embedder) as index:
+        index.add([tmp_path / "docs"], progress=False)
+        first = search.Searcher(index.store, embedder)
+        _check_keyword_ids(first, index, queries)
+        kept = stored()
+        assert {w for w, (n, has) in kept.items() if has} >= {"watering", "note", "part"}
+        assert kept["zzzunknownword"] == (0, False)  # a rare word: its count alone
+        for word, (n, _) in kept.items():
+            assert n == index.store.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
+                                                 [search._quoted(word)]).fetchone()[0], word
+
+        later = search.Searcher(index.store, embedder)
+        monkeypatch.setattr(later, "_measure", lambda word: pytest.fail(f"{word!r} measured again"))
+        _check_keyword_ids(later, index, queries)
+        assert later._common.keys() == {w for w, (_, has) in kept.items() if has}
+
+        epoch = index.store.chunks_epoch()
+        with _index(db, embedder) as other:  # another connection (another process, say) adds chunks
+            other.add([rag_helpers.write_corpus(tmp_path / "more", 14)[12]], progress=False)
+        assert index.store.chunks_epoch() > epoch and stored() == {}
+        monkeypatch.undo()
+        monkeypatch.setattr(search, "_COMMON_ROWS", 2)
+        _check_keyword_ids(later, index, queries)  # measured again: every idf has moved
+        assert stored().keys() == kept.keys()
+
+        # a write between measuring and storing: the result is returned, never stored
+        def measure_then_write():
+            result = later._measure("watering")
+            with _index(db, embedder) as other:
+                other.remove(docs[0])
+            return result
+
+        index.store.conn.execute("DELETE FROM keyword_cache")
+        n, ids, scores = index.store.measure_word("watering", search._BM25, measure_then_write, 1 << 20)
+        assert n >= 2 and ids is not None and len(ids) == len(scores) == n and stored() == {}
+
+        # another writer holds the lock: searches still answer, at once, and store nothing
+        blocker = connect(db)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = search.Searcher(index.store, embedder)
+            t0 = time.monotonic()
+            _check_keyword_ids(fresh, index, queries)
+            assert time.monotonic() - t0 < 4.0  # the store's busy timeout is 5 s
+            assert stored() == {}
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
 
 
 def test_narrow_path_filter_on_an_index_larger_than_a_knn_query(tmp_path, embedder):

@@ -110,10 +110,12 @@ WARM_MIN_VECTORS = 20_000
 # the sum ranks exactly as FTS5's bm25 of the OR query does. What makes that query slow on a big index is
 # scoring every chunk that holds a frequent word (SQLite spends ~0.8 us per chunk and word), and frequent
 # words recur from query to query: the (chunk ids, scores) of a word held by at least _COMMON_ROWS chunks
-# stay in memory (least recently used dropped beyond _COMMON_CACHE_BYTES) until the index changes. The
-# rarer words of a query are scored by FTS5 together, in one statement.
+# stay in memory (least recently used dropped beyond _COMMON_CACHE_BYTES) and in the index's keyword_cache
+# table (up to _STORED_CACHE_BYTES), for later sessions, until the chunks change. The chunk count of every
+# word is kept the same way. The rarer words of a query are scored by FTS5 together, in one statement.
 _COMMON_ROWS = 1000
 _COMMON_CACHE_BYTES = 64 << 20
+_STORED_CACHE_BYTES = 64 << 20
 _ROW_COUNTS_MAX = 100_000  # words whose chunk count is remembered (a few bytes each)
 _VEC0_MAX_K = 4096  # sqlite-vec refuses a KNN query for more neighbours
 
@@ -124,9 +126,9 @@ class Searcher:
         self.embedder = embedder
         self.warm_min_vectors = warm_min_vectors
         self._matrix: tuple[np.ndarray, Any] | None = None
-        self._matrix_version: tuple[int, int] = (-1, -1)  # the index version _matrix and _n_vectors describe
+        self._matrix_version = -1  # the chunks epoch _matrix and _n_vectors describe
         self._n_vectors = 0
-        self._words_version: tuple[int, int] = (-1, -1)  # the index version the word caches describe
+        self._words_version = -1  # the chunks epoch the word caches describe
         self._row_counts: dict[str, int] = {}  # word -> chunks that hold it
         self._common: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (ids, scores)
         self._common_bytes = 0
@@ -187,10 +189,10 @@ class Searcher:
                 return hits[:k]
             want = min(total, want * 4)
 
-    def _version(self) -> tuple[int, int]:
-        """Changes with every write to the index: ours (the store's generation) or another process's
-        (SQLite's data_version)."""
-        return self.store.generation, self.store._query_one("PRAGMA data_version")[0]
+    def _version(self) -> int:
+        """Changes with every change to the chunks, by any connection (not with the keyword scores a
+        searcher stores)."""
+        return self.store.chunks_epoch()
 
     def _warm_matrix(self) -> tuple[np.ndarray, Any] | None:
         """(ids, the vectors' float16 RowMatrix) for a big index, loaded once and reloaded after any
@@ -243,12 +245,38 @@ class Searcher:
     def _row_count(self, word: str) -> int:
         """Chunks that hold `word` (remembered for this index version)."""
         n = self._row_counts.get(word)
-        if n is None:
-            if len(self._row_counts) >= _ROW_COUNTS_MAX:
-                self._row_counts.clear()
-            n = self._row_counts[word] = self.store._query_one(
-                "SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", [_quoted(word)])[0]
-        return n
+        return self._load_word(word)[0] if n is None else n
+
+    def _load_word(self, word: str) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
+        """(chunks that hold word, its _scores when it is frequent), as stored in the index by an earlier
+        search, or measured now (and stored); both kept in memory."""
+        row = self.store.cached_word(word, _BM25)
+        if row is None or (row[0] >= _COMMON_ROWS and row[1] is None):
+            row = self.store.measure_word(word, _BM25, lambda: self._measure(word), _STORED_CACHE_BYTES)
+        n, ids, scores = row
+        if len(self._row_counts) >= _ROW_COUNTS_MAX:
+            self._row_counts.clear()
+        self._row_counts[word] = n
+        if ids is None or scores is None:
+            return n, None
+        hit = (ids, scores)
+        old = self._common.pop(word, None)
+        if old is not None:
+            self._common_bytes -= old[0].nbytes + old[1].nbytes
+        self._common[word] = hit
+        self._common_bytes += ids.nbytes + scores.nbytes
+        while self._common_bytes > _COMMON_CACHE_BYTES and len(self._common) > 1:
+            _, (old_ids, old_scores) = self._common.popitem(last=False)
+            self._common_bytes -= old_ids.nbytes + old_scores.nbytes
+        return n, hit
+
+    def _measure(self, word: str) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """(chunks that hold word, and for a frequent word their ids and scores), from FTS5."""
+        n = self.store._query_one("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", [_quoted(word)])[0]
+        if n < _COMMON_ROWS:
+            return n, None, None
+        ids, scores = self._scores(_quoted(word))
+        return n, ids, scores
 
     def _sync_words(self) -> None:
         """Drops what the word caches hold once the index has changed (N, average length and idf move)."""
@@ -269,18 +297,13 @@ class Searcher:
         return ids, -np.fromiter((r[1] for r in rows), np.float32, len(rows))
 
     def _common_scores(self, word: str) -> tuple[np.ndarray, np.ndarray]:
-        """_scores of one frequent word, from the cache when it holds them."""
+        """_scores of one frequent word, from the caches when they hold them."""
         hit = self._common.get(word)
         if hit is not None:
             self._common.move_to_end(word)
             return hit
-        hit = self._scores(_quoted(word))
-        self._common[word] = hit
-        self._common_bytes += hit[0].nbytes + hit[1].nbytes
-        while self._common_bytes > _COMMON_CACHE_BYTES and len(self._common) > 1:
-            _, (ids, scores) = self._common.popitem(last=False)
-            self._common_bytes -= ids.nbytes + scores.nbytes
-        return hit
+        hit = self._load_word(word)[1]
+        return hit if hit is not None else self._scores(_quoted(word))
 
     def _filter_ids(self, ids: list[int] | None, where: str, args: list[Any]) -> set[int]:
         """The chunk ids among `ids` (all chunks when None) whose document passes the path filter."""

@@ -6,6 +6,9 @@
                                 heading path (JSON array), token count
     chunks_fts                  FTS5 over chunks(heading, text), external content kept in step by triggers
     chunks_vec                  sqlite-vec vec0 table: chunk id -> float32[dim] embedding (cosine distance)
+    keyword_cache(word, ...)    per query word: the chunks that hold it and, for a frequent word, their bm25
+                                scores, kept for later sessions; emptied by triggers when any chunk changes,
+                                which also count meta's chunks_epoch up
 
 The schema is versioned by `PRAGMA user_version` and built by the numbered migrations below, applied
 in order inside one transaction each. chunks_vec is written by this module only (not by triggers), so the
@@ -77,8 +80,26 @@ def _migration_1(conn: Any, dim: int) -> None:
                  f"chunk_id INTEGER PRIMARY KEY, embedding float[{int(dim)}] distance_metric=cosine)")
 
 
+def _migration_2(conn: Any, dim: int) -> None:
+    conn.execute("""
+        CREATE TABLE keyword_cache (
+            word        TEXT PRIMARY KEY,       -- a query word, as the searcher looks it up
+            scoring     TEXT NOT NULL,          -- the bm25 expression the scores come from
+            n_chunks    INTEGER NOT NULL,       -- chunks that hold the word
+            ids         BLOB,                   -- frequent words: int32 chunk ids, little-endian
+            scores      BLOB                    -- and float32 -bm25 of each
+        )""")
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('chunks_epoch', '0')")
+    for event in ("insert", "delete", "update"):
+        conn.execute(f"""
+            CREATE TRIGGER chunks_epoch_{event} AFTER {event.upper()} ON chunks BEGIN
+                DELETE FROM keyword_cache;
+                UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'chunks_epoch';
+            END""")
+
+
 # Migration N takes the schema from user_version N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[Any, int], None], ...] = (_migration_1,)
+MIGRATIONS: tuple[Callable[[Any, int], None], ...] = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -111,7 +132,7 @@ class Store:
         dimension, checks that the index was built with that model; without them, opens for reading
         statistics only and never creates."""
         self.path = Path(path)
-        self.generation = 0  # bumped by every write through this Store (searchers reload cached vectors)
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
         if not self.path.exists() and (not create or embedder_id is None or dim is None):
             raise RagError(f"{self.path}: no such index (build one with `edgellm rag index PATH --db FILE`)")
         if self.path.exists() and self.path.is_dir():
@@ -202,7 +223,6 @@ class Store:
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.generation += 1
         with self.transaction():
             old = self.conn.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
             if old is not None:
@@ -223,7 +243,6 @@ class Store:
         return doc_id
 
     def remove_document(self, path: str) -> bool:
-        self.generation += 1
         with self.transaction():
             row = self.conn.execute("SELECT id FROM documents WHERE path = ?", (path,)).fetchone()
             if row is None:
@@ -236,6 +255,64 @@ class Store:
                           (doc_id,))
         self.conn.execute("DELETE FROM chunks WHERE doc_id = ?", (doc_id,))
         self.conn.execute("DELETE FROM documents WHERE id = ?", (doc_id,))
+
+    # ---- what searches keep -------------------------------------------------------------------------
+
+    def chunks_epoch(self) -> int:
+        """Counts every change to the chunks (by any connection): what a searcher caches is valid while
+        it stays the same."""
+        return int(self._query_one("SELECT value FROM meta WHERE key = 'chunks_epoch'")[0])
+
+    def cached_word(self, word: str, scoring: str) -> tuple[int, np.ndarray | None, np.ndarray | None] | None:
+        """(chunks holding word, their int32 ids and float32 scores or None for a rare word) as a searcher
+        stored them since the chunks last changed; None when not stored."""
+        row = self._query_one("SELECT n_chunks, ids, scores FROM keyword_cache WHERE word = ? AND scoring = ?",
+                              (word, scoring))
+        if row is None:
+            return None
+        n, ids, scores = row
+        if ids is None or scores is None:
+            return int(n), None, None
+        return int(n), np.frombuffer(ids, "<i4"), np.frombuffer(scores, "<f4")
+
+    def measure_word(self, word: str, scoring: str,
+                     measure: Callable[[], tuple[int, np.ndarray | None, np.ndarray | None]],
+                     max_bytes: int) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+        """Runs measure() -> (chunks holding word, ids, scores) and stores its result for later sessions.
+        measure() reads inside a transaction that then writes the row, so a stored row is never older
+        than the chunks it describes: when another connection has written since the read began, SQLite
+        refuses the write and the result is only returned. Never waits for a lock (an ingest may hold
+        it) and never fails for a read-only file; stores no scores beyond max_bytes in all."""
+        error = sqlite.binding().Error
+        if self.conn.in_transaction:  # inside a caller's transaction: its snapshot is not ours to keep
+            return measure()
+        self.conn.execute("BEGIN")
+        try:
+            n, ids, scores = measure()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("PRAGMA busy_timeout = 0")
+            blobs: tuple[bytes | None, bytes | None] = (None, None)
+            if ids is not None and scores is not None and ids.dtype == np.int32:
+                held = self.conn.execute(
+                    "SELECT coalesce(sum(length(ids) + length(scores)), 0) FROM keyword_cache").fetchone()[0]
+                if held + ids.nbytes + scores.nbytes <= max_bytes:
+                    blobs = (ids.astype("<i4").tobytes(), scores.astype("<f4").tobytes())
+            if ids is None or blobs[0] is not None:  # a frequent word's count alone would not save its scan
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks, ids, scores) VALUES (?, ?, ?, ?, ?)",
+                    (word, scoring, n, *blobs))
+            self.conn.execute("COMMIT")
+        except error:
+            try:
+                self.conn.execute("ROLLBACK")
+            except error:
+                pass
+        finally:
+            self.conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        return n, ids, scores
 
     # ---- statistics ---------------------------------------------------------------------------------
 
