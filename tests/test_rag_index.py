@@ -345,7 +345,8 @@ def test_word_scores_are_kept_for_later_sessions_until_the_chunks_change(tmp_pat
     queries = [*KEYWORD_QUERIES, "watering zzzunknownword"]
 
     def stored() -> dict[str, tuple]:
-        rows = index.store.conn.execute("SELECT word, n_chunks, ids IS NOT NULL FROM keyword_cache").fetchall()
+        rows = index.store.conn.execute(
+            "SELECT word, n_chunks, ids IS NOT NULL FROM keyword_cache WHERE word != ''").fetchall()
         return {w: (n, has) for w, n, has in rows}
 
     with _index(db, embedder) as index:
@@ -355,6 +356,9 @@ def test_word_scores_are_kept_for_later_sessions_until_the_chunks_change(tmp_pat
         kept = stored()
         assert {w for w, (n, has) in kept.items() if has} >= {"watering", "note", "part"}
         assert kept["zzzunknownword"] == (0, False)  # a rare word: its count alone
+        conn = index.store.conn
+        assert conn.execute("SELECT n_chunks FROM keyword_cache WHERE word = ''").fetchone()[0] == conn.execute(
+            "SELECT sum(length(ids) + length(scores)) FROM keyword_cache").fetchone()[0]
         for word, (n, _) in kept.items():
             assert n == index.store.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
                                                  [search._quoted(word)]).fetchone()[0], word
@@ -381,7 +385,7 @@ def test_word_scores_are_kept_for_later_sessions_until_the_chunks_change(tmp_pat
             return result
 
         index.store.conn.execute("DELETE FROM keyword_cache")
-        n, ids, scores = index.store.measure_word("watering", search._BM25, measure_then_write, 1 << 20)
+        n, ids, scores = index.store.measure_word("watering", search._BM25, measure_then_write, 1 << 20, 100)
         assert n >= 2 and ids is not None and len(ids) == len(scores) == n and stored() == {}
 
         # another writer holds the lock: searches still answer, at once, and store nothing
@@ -396,6 +400,11 @@ def test_word_scores_are_kept_for_later_sessions_until_the_chunks_change(tmp_pat
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
+
+        monkeypatch.setattr(search, "_STORED_WORDS_MAX", 3)
+        monkeypatch.setattr(search, "_STORED_CACHE_BYTES", 0)  # no room for scores: frequent words not stored
+        _check_keyword_ids(search.Searcher(index.store, embedder), index, queries)
+        assert 0 < len(stored()) <= 3 and not any(has for _, has in stored().values())
 
 
 def test_narrow_path_filter_on_an_index_larger_than_a_knn_query(tmp_path, embedder):

@@ -111,11 +111,13 @@ WARM_MIN_VECTORS = 20_000
 # scoring every chunk that holds a frequent word (SQLite spends ~0.8 us per chunk and word), and frequent
 # words recur from query to query: the (chunk ids, scores) of a word held by at least _COMMON_ROWS chunks
 # stay in memory (least recently used dropped beyond _COMMON_CACHE_BYTES) and in the index's keyword_cache
-# table (up to _STORED_CACHE_BYTES), for later sessions, until the chunks change. The chunk count of every
-# word is kept the same way. The rarer words of a query are scored by FTS5 together, in one statement.
+# table (up to _STORED_CACHE_BYTES and _STORED_WORDS_MAX words), for later sessions, until the chunks change.
+# The chunk count of every word is kept the same way. The rarer words of a query are scored by FTS5 together,
+# in one statement.
 _COMMON_ROWS = 1000
 _COMMON_CACHE_BYTES = 64 << 20
 _STORED_CACHE_BYTES = 64 << 20
+_STORED_WORDS_MAX = 100_000
 _ROW_COUNTS_MAX = 100_000  # words whose chunk count is remembered (a few bytes each)
 _VEC0_MAX_K = 4096  # sqlite-vec refuses a KNN query for more neighbours
 
@@ -252,7 +254,8 @@ class Searcher:
         search, or measured now (and stored); both kept in memory."""
         row = self.store.cached_word(word, _BM25)
         if row is None or (row[0] >= _COMMON_ROWS and row[1] is None):
-            row = self.store.measure_word(word, _BM25, lambda: self._measure(word), _STORED_CACHE_BYTES)
+            row = self.store.measure_word(word, _BM25, lambda: self._measure(word),
+                                         _STORED_CACHE_BYTES, _STORED_WORDS_MAX)
         n, ids, scores = row
         if len(self._row_counts) >= _ROW_COUNTS_MAX:
             self._row_counts.clear()

@@ -83,7 +83,8 @@ def _migration_1(conn: Any, dim: int) -> None:
 def _migration_2(conn: Any, dim: int) -> None:
     conn.execute("""
         CREATE TABLE keyword_cache (
-            word        TEXT PRIMARY KEY,       -- a query word, as the searcher looks it up
+            word        TEXT PRIMARY KEY,       -- a query word, as the searcher looks it up; the empty word's
+                                                -- n_chunks is the bytes of all ids and scores
             scoring     TEXT NOT NULL,          -- the bm25 expression the scores come from
             n_chunks    INTEGER NOT NULL,       -- chunks that hold the word
             ids         BLOB,                   -- frequent words: int32 chunk ids, little-endian
@@ -277,12 +278,13 @@ class Store:
 
     def measure_word(self, word: str, scoring: str,
                      measure: Callable[[], tuple[int, np.ndarray | None, np.ndarray | None]],
-                     max_bytes: int) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+                     max_bytes: int, max_words: int) -> tuple[int, np.ndarray | None, np.ndarray | None]:
         """Runs measure() -> (chunks holding word, ids, scores) and stores its result for later sessions.
         measure() reads inside a transaction that then writes the row, so a stored row is never older
         than the chunks it describes: when another connection has written since the read began, SQLite
         refuses the write and the result is only returned. Never waits for a lock (an ingest may hold
-        it) and never fails for a read-only file; stores no scores beyond max_bytes in all."""
+        it) and never fails for a read-only file. Stores at most max_words words and max_bytes of ids
+        and scores (their total is kept in the row of the empty word, which no query looks up)."""
         error = sqlite.binding().Error
         if self.conn.in_transaction:  # inside a caller's transaction: its snapshot is not ours to keep
             return measure()
@@ -294,16 +296,22 @@ class Store:
             raise
         try:
             self.conn.execute("PRAGMA busy_timeout = 0")
+            # rows are only ever removed all at once, so the largest rowid counts the rows written since
+            words = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM keyword_cache").fetchone()[0]
+            held = self.conn.execute("SELECT n_chunks FROM keyword_cache WHERE word = ''").fetchone()
+            held = held[0] if held else 0
             blobs: tuple[bytes | None, bytes | None] = (None, None)
-            if ids is not None and scores is not None and ids.dtype == np.int32:
-                held = self.conn.execute(
-                    "SELECT coalesce(sum(length(ids) + length(scores)), 0) FROM keyword_cache").fetchone()[0]
-                if held + ids.nbytes + scores.nbytes <= max_bytes:
-                    blobs = (ids.astype("<i4").tobytes(), scores.astype("<f4").tobytes())
-            if ids is None or blobs[0] is not None:  # a frequent word's count alone would not save its scan
+            if (ids is not None and scores is not None and ids.dtype == np.int32
+                    and held + ids.nbytes + scores.nbytes <= max_bytes):
+                blobs = (ids.astype("<i4").tobytes(), scores.astype("<f4").tobytes())
+            # a frequent word's count without its scores would not save the scan
+            if words < max_words and (ids is None or blobs[0] is not None):
                 self.conn.execute(
                     "INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks, ids, scores) VALUES (?, ?, ?, ?, ?)",
                     (word, scoring, n, *blobs))
+                if blobs[0] is not None:
+                    self.conn.execute("INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks) VALUES ('', '', ?)",
+                                      (held + ids.nbytes + scores.nbytes,))
             self.conn.execute("COMMIT")
         except error:
             try:
