@@ -275,17 +275,14 @@ void pack_values(const QFmt& f, const uint8_t* v, uint8_t* vals) {
             u |= (uint32_t(v[8 * c + 2 * p] & 0xF) << (4 * p)) | (uint32_t(v[8 * c + 2 * p + 1] & 0xF) << (4 * p + 16));
         std::memcpy(vals + 64 * c, &u, 4);
     }
-    if (f.hb == 1) {  // pair j at bit j of each word
-        uint32_t u = 0;
-        for (int j = 0; j < 16; ++j) u |= (uint32_t(v[2 * j] >> 4) << j) | (uint32_t(v[2 * j + 1] >> 4) << (16 + j));
-        std::memcpy(vals + 256, &u, 4);
-    } else if (f.hb == 2) {  // pair j in chunk j / 8, at bit 2 (j % 8) of each word
-        for (int c = 0; c < 2; ++c) {
-            uint32_t u = 0;
-            for (int j = 0; j < 8; ++j)
-                u |= (uint32_t(v[16 * c + 2 * j] >> 4) << (2 * j)) | (uint32_t(v[16 * c + 2 * j + 1] >> 4) << (16 + 2 * j));
-            std::memcpy(vals + 256 + 64 * c, &u, 4);
+    if (f.hb > 0) {  // the high bits of value j at the chunk and bit high_pos() gives
+        uint32_t u[2] = {0, 0};
+        for (int j = 0; j < 32; ++j) {
+            int c;
+            const int bit = high_pos(f, j, &c);
+            u[c] |= uint32_t(v[j] >> 4) << bit;
         }
+        for (int c = 0; c < f.hb; ++c) std::memcpy(vals + 256 + 64 * c, &u[c], 4);
     }
 }
 
