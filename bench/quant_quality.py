@@ -8,6 +8,10 @@ llama.cpp's runtime (llama-cpp-python) on the same text, windows and threads:
 
     windows of n_ctx tokens, BOS first, the second half of each window scored, PPL = exp(mean NLL).
 
+Next to it, the mean KL divergence of each file's next-token distributions from the f16 file's on the same
+scored tokens: how far quantization moved the model, which perplexity on one text measures only noisily
+(a quantized model can score a text better than the model it came from).
+
 Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512]
 Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
 Writes bench/results/quant_quality-<date>.json and prints a markdown table.
@@ -68,8 +72,12 @@ def llama_quantize(llama_cpp, src: Path, dst: Path, quant: str, threads: int) ->
     return time.perf_counter() - t0
 
 
-def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int) -> tuple[float, int]:
-    """PPL as defined above, computed with llama.cpp's runtime. Returns (ppl, scored tokens)."""
+def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
+               reference: list[np.ndarray] | None = None) -> tuple[float, int, list[np.ndarray] | float | None]:
+    """PPL as defined above, computed with llama.cpp's runtime. Returns (ppl, scored tokens, kl): with
+    `reference` (the log-probabilities another file gives the same scored tokens), the mean
+    KL(reference || this file) over them; without, this file's log-probabilities (float16, for use as a
+    reference)."""
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
@@ -77,22 +85,26 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int) -> tu
     n_windows = len(tokens) // n_ctx
     if n_windows == 0:
         raise ValueError(f"{EVAL_TEXT}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
-    nll, count = 0.0, 0
+    nll, kl, count = 0.0, 0.0, 0
     first = n_ctx // 2
+    logprobs = []
     for w in range(n_windows):
         window = list(tokens[w * n_ctx:(w + 1) * n_ctx])
         window[0] = bos
         llm.reset()
         llm.eval(window)
-        logits = np.asarray(llm.scores[:n_ctx], dtype=np.float64)
-        for j in range(first, n_ctx - 1):
-            row = logits[j]
-            m = row.max()
-            logz = m + math.log(np.exp(row - m).sum())
-            nll += logz - row[window[j + 1]]
-            count += 1
+        logits = np.asarray(llm.scores[first:n_ctx - 1], dtype=np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+        nll -= lp[np.arange(len(lp)), window[first + 1:n_ctx]].sum()
+        count += len(lp)
+        if reference is None:
+            logprobs.append(lp.astype(np.float16))
+        else:
+            ref = reference[w].astype(np.float64)
+            kl += (np.exp(ref) * (ref - lp)).sum()
     llm.close()
-    return math.exp(nll / count), count
+    return math.exp(nll / count), count, (logprobs if reference is None else kl / count)
 
 
 def main() -> int:
@@ -124,12 +136,14 @@ def main() -> int:
     f16_src = work / "smollm2-edgellm-f16.gguf"
     if not f16_src.exists():
         convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
+    # KL divergence from the f16 file both sides quantize from, on the same scored tokens
+    _, _, reference = perplexity(llama_cpp, f16_src, text, args.n_ctx, args.threads)
 
     rows = []
     for quant in types:
         theirs = work / f"smollm2-llamacpp-{quant}.gguf"
         t_theirs = llama_quantize(llama_cpp, f16_src, theirs, quant, args.threads)
-        ppl_theirs, n = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads)
+        ppl_theirs, n, kl_theirs = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads, reference)
         for method in methods:
             ours = work / f"smollm2-edgellm-{quant}-{method}.gguf"
             opts = {} if method == "plain" else {"calib": calib, "calib_tokens": args.calib_tokens,
@@ -138,24 +152,27 @@ def main() -> int:
             summary = convert(ckpt, ours, ConvertOptions(quant=quant, n_threads=args.threads, progress=False,
                                                          **opts))
             t_ours = time.perf_counter() - t0
-            ppl_ours, n = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads)
+            ppl_ours, n, kl_ours = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads, reference)
             row = {
                 "quant": quant, "method": method, "ppl_edgellm": ppl_ours, "ppl_llamacpp": ppl_theirs,
-                "ratio": ppl_ours / ppl_theirs, "size_edgellm": ours.stat().st_size,
+                "ratio": ppl_ours / ppl_theirs, "kl_edgellm": kl_ours, "kl_llamacpp": kl_theirs,
+                "size_edgellm": ours.stat().st_size,
                 "size_llamacpp": theirs.stat().st_size, "time_edgellm_s": t_ours, "time_llamacpp_s": t_theirs,
                 "scored_tokens": n, "calibration": summary.calibration,
             }
             rows.append(row)
-            print(f"{quant} {method}: edgellm {ppl_ours:.4f}  llama.cpp {ppl_theirs:.4f}  ({t_ours:.0f} s)",
+            print(f"{quant} {method}: edgellm {ppl_ours:.4f}  llama.cpp {ppl_theirs:.4f}  KL from f16 edgellm "
+                  f"{kl_ours:.5f}  llama.cpp {kl_theirs:.5f}  ({t_ours:.0f} s)",
                   file=sys.stderr, flush=True)
 
     print(f"\nSmolLM2-135M-Instruct, {EVAL_TEXT}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
           f"PPL by llama.cpp's runtime, {args.threads} threads\n")
-    print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | size edgellm MB | size llama.cpp MB "
-          "| convert s | quantize s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | KL edgellm | KL llama.cpp "
+          "| size edgellm MB | size llama.cpp MB | convert s | quantize s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['quant']} | {r['method']} | {r['ppl_edgellm']:.4f} | {r['ppl_llamacpp']:.4f} | {r['ratio']:.4f} | "
+              f"{r['kl_edgellm']:.5f} | {r['kl_llamacpp']:.5f} | "
               f"{r['size_edgellm'] / 1e6:.1f} | {r['size_llamacpp'] / 1e6:.1f} | {r['time_edgellm_s']:.1f} | "
               f"{r['time_llamacpp_s']:.1f} |")
     out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
