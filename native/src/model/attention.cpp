@@ -2,10 +2,11 @@
 //
 // Work is split into tasks of (query head, block of tokens). A task walks the cached keys in
 // tiles of kTile positions anchored at multiples of kTile (the cache stores keys transposed by
-// tile, so the scores of a query are a loop over the tile that vectorises; an f16 cache is read in
-// place and converted in registers, other types are read as f32 once per tile), and every token of
-// the block folds the tile into a running softmax (online
-// softmax: max, sum and weighted value sum, rescaled when the max grows). A token's result depends
+// tile, so the scores of a query are a loop over the tile that vectorises; an f16 or f32 cache is
+// read in place, f16 converted in registers; a q8_0 cache is dequantized once per layer into f32
+// tiles that the query heads of a KV head's group share), and every token of the block folds the
+// tile into a running softmax (online softmax: max, sum and weighted value sum, rescaled when the
+// max grows). A token's result depends
 // only on its own positions and the tile grid, never on which block or chunk it was evaluated in,
 // so token-by-token decode and batched prefill give the same numbers.
 //
@@ -251,12 +252,32 @@ void attention(Forward& f, int64_t il, int64_t window) {
     const bool f16 = cache.type() == quant::Type::F16;  // read in place, converted in registers
     for (int64_t t = 0; t < T; ++t) cache.write(il, f.pos0 + t, f.k + t * n_kv, f.v + t * n_kv);
 
-    // 2. Tasks: (head, token block), enough of them to keep every thread busy.
+    // 2. Tasks: (head, token block), enough of them to keep every thread busy (run in 4.).
     const int64_t target = 4 * int64_t(f.pool.n_threads());
     const int64_t block = std::clamp<int64_t>((T * n_head + target - 1) / target, 1, kMaxBlock);
     const int64_t n_blocks = (T + block - 1) / block;
 
     auto first_key = [&](int64_t t) { return window > 0 ? std::max<int64_t>(0, f.pos0 + t - window + 1) : 0; };
+
+    // 3. A q8_0 cache dequantizes each KV head's tiles [tile0, tile1) once, in parallel, into f.kv_f32:
+    // keys transposed then values, per (KV head, tile) head_dim * kTile floats each. Tiles hold the
+    // same floats the per-task dequantization would give, so the results are the same bits.
+    const bool shared = cache.type() == quant::Type::Q8_0 && f.kv_f32 != nullptr;
+    const int64_t tile0 = first_key(0) / kTile, tile1 = (f.pos0 + T + kTile - 1) / kTile, n_t = tile1 - tile0;
+    const int64_t tile_floats = hd * kTile;
+    float* deq = nullptr;
+    if (shared) {
+        const size_t need = size_t(2 * hp.n_head_kv * n_t * tile_floats);
+        if (f.kv_f32->size() < need) f.kv_f32->resize(need);
+        deq = f.kv_f32->data();
+        auto dequant_fn = [&](int64_t task) {  // task = kvh * n_t + tile - tile0
+            const int64_t tile = tile0 + task % n_t, n = std::min(kTile, f.pos0 + T - tile * kTile);
+            float* kd = deq + 2 * task * tile_floats;
+            cache.keys(il, task / n_t, tile, n, kd);  // q8_0: into kd
+            cache.values(il, task / n_t, tile * kTile, n, kd + tile_floats);
+        };
+        f.pool.run(hp.n_head_kv * n_t, [&dequant_fn](int64_t task, int) { dequant_fn(task); });
+    }
 
     auto task_fn = [&](int64_t task, int thread) {
         AttnScratch& sc = f.scratch[size_t(thread)];
@@ -274,7 +295,10 @@ void attention(Forward& f, int64_t il, int64_t window) {
         for (int64_t ts = lo / kTile * kTile; ts < hi; ts += kTile) {
             const int64_t j0 = std::max(ts, lo), j1 = std::min(ts + kTile, hi);
             const void *kt, *vt;
-            if (f16) {
+            if (shared) {
+                kt = deq + 2 * (kvh * n_t + ts / kTile - tile0) * tile_floats;
+                vt = deq + (2 * (kvh * n_t + ts / kTile - tile0) + 1) * tile_floats;
+            } else if (f16) {
                 kt = cache.keys_f16(il, kvh, ts / kTile);
                 vt = cache.values_f16(il, kvh, ts);
             } else {
@@ -297,7 +321,7 @@ void attention(Forward& f, int64_t il, int64_t window) {
             for (int64_t d = 0; d < hd; ++d) out[d] = acc[d] * inv;
         }
     };
-    // a one-pointer capture fits std::function's inline storage: no allocation per call
+    // 4. A one-pointer capture fits std::function's inline storage: no allocation per call.
     f.pool.run(n_head * n_blocks, [&task_fn](int64_t task, int thread) { task_fn(task, thread); });
 }
 

@@ -46,6 +46,7 @@ private:
     // activations: n_batch rows each
     std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
     std::vector<float> logits_;  // grows to the largest request, never shrinks
+    std::vector<float> kv_f32_;  // q8_0 cache: one layer's dequantized tiles (Forward::kv_f32)
     size_t n_logit_rows_ = 0;
     int64_t n_past_ = 0;
     std::vector<int32_t> tokens_;  // the n_past_ cached tokens
@@ -151,6 +152,7 @@ void ContextImpl::run_chunk(const int32_t* tokens, int64_t n_tokens, int64_t out
     f.rope_swa = hp_.n_swa > 0 ? &rope_swa_ : &rope_;
     f.out_first = out_first;
     f.logits = logits;
+    f.kv_f32 = &kv_f32_;
     model_.spec().forward(f);
 }
 

@@ -54,14 +54,56 @@ __attribute__((target("avx2"))) void q8_block_avx2(const uint8_t* blk, float* ds
         _mm256_storeu_ps(dst + i, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8))));
     }
 }
+
+// Key tile of a q8_0 cache, transposed: 16 positions at a time, each block's 32 int8 values of the
+// 16 positions transposed as two 16x16 byte matrices (four rounds of byte interleaving), then
+// widened and scaled 8 at a time. rows[i]: position i's first block of the head (nullptr past n:
+// zeros); blocks: the head's blocks; out: (32 * blocks, kTile) at column 0 of the 16. The floats are
+// d * q as dequant_q8 gives them.
+__attribute__((target("avx2"))) void q8_keys16_avx2(const uint8_t* const* rows, int64_t blocks, float* out,
+                                                     int64_t stride) {
+    for (int64_t b = 0; b < blocks; ++b) {
+        alignas(32) float s[16];
+        for (int i = 0; i < 16; ++i) {
+            uint16_t dh = 0;
+            if (rows[i]) std::memcpy(&dh, rows[i] + b * kQ8Bytes, 2);
+            s[i] = rows[i] ? half_to_float(dh) : 0.0f;
+        }
+        const __m256 s_lo = _mm256_load_ps(s), s_hi = _mm256_load_ps(s + 8);
+        for (int half = 0; half < 2; ++half) {
+            __m128i r[16], t[16];
+            for (int i = 0; i < 16; ++i)
+                r[i] = rows[i] ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + b * kQ8Bytes + 2 + 16 * half))
+                               : _mm_setzero_si128();
+            for (int round = 0; round < 4; ++round) {  // r[d] ends as byte d of every position
+                for (int i = 0; i < 8; ++i) {
+                    t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
+                    t[2 * i + 1] = _mm_unpackhi_epi8(r[i], r[i + 8]);
+                }
+                for (int i = 0; i < 16; ++i) r[i] = t[i];
+            }
+            for (int d = 0; d < 16; ++d) {
+                float* o = out + (b * 32 + 16 * half + d) * stride;
+                const __m256 lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(r[d]));
+                const __m256 hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(r[d], 8)));
+                _mm256_storeu_ps(o, _mm256_mul_ps(s_lo, lo));
+                _mm256_storeu_ps(o + 8, _mm256_mul_ps(s_hi, hi));
+            }
+        }
+    }
+}
+
+bool has_avx2() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
 #endif
 
 using Q8BlockFn = void (*)(const uint8_t*, float*);
 
 Q8BlockFn pick_q8_block() {
 #if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2")) return q8_block_avx2;
+    if (has_avx2()) return q8_block_avx2;
 #endif
     return q8_block_plain;
 }
@@ -162,6 +204,20 @@ void KvCache::write(int64_t layer, int64_t pos, const float* k, const float* v) 
 const float* KvCache::keys(int64_t layer, int64_t kvh, int64_t tile, int64_t n, float* buf) const {
     const int64_t cols = std::min<int64_t>(kTile, (n + 15) / 16 * 16);
     if (type_ == quant::Type::Q8_0) {
+#if defined(__x86_64__) && defined(__GNUC__)
+        static const bool avx2 = has_avx2();
+        if (avx2 && head_dim_ % kQ8 == 0) {  // the head's values are whole blocks
+            for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+                const uint8_t* rows[16];
+                for (int64_t i = 0; i < 16; ++i)
+                    rows[i] = j0 + i < n ? kq_.get() + q_offset(layer, tile * kTile + j0 + i) +
+                                               size_t(kvh * head_dim_ / kQ8) * kQ8Bytes
+                                         : nullptr;
+                q8_keys16_avx2(rows, head_dim_ / kQ8, buf + j0, kTile);
+            }
+            return buf;
+        }
+#endif
         // Each position's keys dequantize contiguously, then scatter into the transposed tile.
         // Positions past n (up to cols) are read too: their values are ignored by the caller, and
         // zeroing them keeps garbage scales out of the arithmetic.

@@ -69,6 +69,11 @@ struct Forward {
 
     int64_t out_first = 0;   // logits are wanted for tokens [out_first, n_tokens)
     float* logits = nullptr; // (n_tokens - out_first, n_vocab)
+
+    // q8_0 cache: attention dequantizes each KV head's tiles once per layer into this buffer (keys
+    // and values of the positions the chunk attends to, f32), shared by the query heads of its
+    // group; without it, every query head dequantizes its own copy.
+    std::vector<float>* kv_f32 = nullptr;
 };
 
 // Fills `table` for positions pos0 .. pos0 + n_tokens - 1.
