@@ -306,12 +306,11 @@ class Store:
                 blobs = (ids.astype("<i4").tobytes(), scores.astype("<f4").tobytes())
             # a frequent word's count without its scores would not save the scan
             if words < max_words and (ids is None or blobs[0] is not None):
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks, ids, scores) VALUES (?, ?, ?, ?, ?)",
-                    (word, scoring, n, *blobs))
+                self.conn.execute("INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks, ids, scores) "
+                                  "VALUES (?, ?, ?, ?, ?)", (word, scoring, n, *blobs))
                 if blobs[0] is not None:
-                    self.conn.execute("INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks) VALUES ('', '', ?)",
-                                      (held + ids.nbytes + scores.nbytes,))
+                    self.conn.execute("INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks) "
+                                      "VALUES ('', '', ?)", (held + ids.nbytes + scores.nbytes,))
             self.conn.execute("COMMIT")
         except error:
             try:

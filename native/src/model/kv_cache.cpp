@@ -72,9 +72,10 @@ __attribute__((target("avx2"))) void q8_keys16_avx2(const uint8_t* const* rows, 
         const __m256 s_lo = _mm256_load_ps(s), s_hi = _mm256_load_ps(s + 8);
         for (int half = 0; half < 2; ++half) {
             __m128i r[16], t[16];
-            for (int i = 0; i < 16; ++i)
-                r[i] = rows[i] ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + b * kQ8Bytes + 2 + 16 * half))
-                               : _mm_setzero_si128();
+            for (int i = 0; i < 16; ++i) {
+                const uint8_t* q = rows[i] ? rows[i] + b * kQ8Bytes + 2 + 16 * half : nullptr;
+                r[i] = q ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)) : _mm_setzero_si128();
+            }
             for (int round = 0; round < 4; ++round) {  // r[d] ends as byte d of every position
                 for (int i = 0; i < 8; ++i) {
                     t[2 * i] = _mm_unpacklo_epi8(r[i], r[i + 8]);
