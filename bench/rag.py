@@ -12,8 +12,9 @@ the naive baseline: fixed 150-word chunks of the page text, fp32 embedder, vecto
 
 Speed: the whole ingest (extract, chunk, embed, write) in chunks/s; the embedder alone on 150-word
 chunks, fp32 and int8; search p50/p95 over the evaluation questions on a synthetic 100k-chunk index
-(real chunk texts recombined, real vectors perturbed), query embedding included, each mode in a fresh
-searcher (a new session: no word scores cached yet), and p50 of a second pass over the same questions.
+(real chunk texts recombined, real vectors perturbed), query embedding included, each mode in three
+settings: the first session after the index changed (no word scores stored yet), a later session (scores
+stored in the index by the first), and a second pass in that session (see latency()).
 Results: a markdown table on stdout and JSON under bench/results/.
 """
 

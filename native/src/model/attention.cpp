@@ -266,15 +266,18 @@ void attention(Forward& f, int64_t il, int64_t window) {
     const int64_t tile0 = first_key(0) / kTile, tile1 = (f.pos0 + T + kTile - 1) / kTile, n_t = tile1 - tile0;
     const int64_t tile_floats = hd * kTile;
     float* deq = nullptr;
+    // keys of (kvh, tile) in deq; its values follow them
+    auto deq_tile = [&](int64_t kvh, int64_t tile) { return deq + 2 * (kvh * n_t + tile - tile0) * tile_floats; };
     if (shared) {
         const size_t need = size_t(2 * hp.n_head_kv * n_t * tile_floats);
         if (f.kv_f32->size() < need) f.kv_f32->resize(need);
         deq = f.kv_f32->data();
-        auto dequant_fn = [&](int64_t task) {  // task = kvh * n_t + tile - tile0
-            const int64_t tile = tile0 + task % n_t, n = std::min(kTile, f.pos0 + T - tile * kTile);
-            float* kd = deq + 2 * task * tile_floats;
-            cache.keys(il, task / n_t, tile, n, kd);  // q8_0: into kd
-            cache.values(il, task / n_t, tile * kTile, n, kd + tile_floats);
+        auto dequant_fn = [&](int64_t task) {
+            const int64_t kvh = task / n_t, tile = tile0 + task % n_t;
+            const int64_t n = std::min(kTile, f.pos0 + T - tile * kTile);
+            float* kd = deq_tile(kvh, tile);
+            cache.keys(il, kvh, tile, n, kd);  // q8_0: into kd
+            cache.values(il, kvh, tile * kTile, n, kd + tile_floats);
         };
         f.pool.run(hp.n_head_kv * n_t, [&dequant_fn](int64_t task, int) { dequant_fn(task); });
     }
@@ -296,8 +299,8 @@ void attention(Forward& f, int64_t il, int64_t window) {
             const int64_t j0 = std::max(ts, lo), j1 = std::min(ts + kTile, hi);
             const void *kt, *vt;
             if (shared) {
-                kt = deq + 2 * (kvh * n_t + ts / kTile - tile0) * tile_floats;
-                vt = deq + (2 * (kvh * n_t + ts / kTile - tile0) + 1) * tile_floats;
+                kt = deq_tile(kvh, ts / kTile);
+                vt = deq_tile(kvh, ts / kTile) + tile_floats;
             } else if (f16) {
                 kt = cache.keys_f16(il, kvh, ts / kTile);
                 vt = cache.values_f16(il, kvh, ts);
