@@ -10,11 +10,13 @@ evidence@5 (a top-5 chunk contains the evidence snippet). Configurations: ours (
 with heading paths, int8 embedder) in vector, keyword and hybrid mode; ours with the fp32 embedder; and
 the naive baseline: fixed 150-word chunks of the page text, fp32 embedder, vector only (and naive hybrid).
 
-Speed: the whole ingest (extract, chunk, embed, write) in chunks/s; the embedder alone on 150-word
-chunks, fp32 and int8; search p50/p95 over the evaluation questions on a synthetic 100k-chunk index
-(real chunk texts recombined, real vectors perturbed), query embedding included, each mode in three
-settings: the first session after the index changed (no word scores stored yet), a later session (scores
-stored in the index by the first), and a second pass in that session (see latency()).
+Speed: the whole ingest (extract, chunk, embed, write) in chunks/s, and as a ratio to the fp32 embedder
+alone on the same chunk texts in the same run (the goal's 200 chunks/s against fp32's 93 is 2.15x); the
+embedder alone on 150-word chunks, fp32 and int8; search p50/p95 over the evaluation questions on a
+synthetic 100k-chunk index (real chunk texts recombined, real vectors perturbed), query embedding
+included, each mode in three settings: the first session after the index changed (no word scores stored
+yet), a later session (scores stored in the index by the first), and a second pass in that session (see
+latency()).
 Results: a markdown table on stdout and JSON under bench/results/.
 """
 
@@ -87,6 +89,15 @@ def embed_speed(embedder, texts: list[str]) -> float:
     t = time.perf_counter()
     embedder.embed_documents(texts)
     return len(texts) / (time.perf_counter() - t)
+
+
+def ingest_texts(index) -> list[str]:
+    """What the ingest gave the embedder: every chunk of `index` as embedding_text makes it."""
+    from edgellm.rag.ingest import embedding_text
+
+    rows = index.store._query("SELECT c.heading, d.title, c.text FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                              "ORDER BY c.id")
+    return [embedding_text(json.loads(heading), title, text) for heading, title, text in rows]
 
 
 def words150(corpus: Path, n: int) -> list[str]:
@@ -208,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         texts = words150(args.corpus, 400)
         out["speed"]["embed_150_words"] = {"fp32_chunks_per_s": embed_speed(fp32, texts),
                                            "int8_chunks_per_s": embed_speed(int8, texts)}
+        # The same run's reference for the ingest: the fp32 model alone on the very texts the ingest embedded
+        # (the goal, 200 chunks/s where fp32 embeds 93, is this ratio >= 2.15 on any machine).
+        chunk_texts = ingest_texts(ours)
+        fp32_chunks = embed_speed(fp32, chunk_texts)
+        out["speed"]["ingest"].update(fp32_embed_chunks_per_s=fp32_chunks,
+                                      int8_embed_chunks_per_s=embed_speed(int8, chunk_texts),
+                                      ratio_to_fp32_embed=summary.chunks_per_second / fp32_chunks)
         if not args.quick:
             from run import cache_dir  # bench/run.py: the bench file cache ($EDGELLM_BENCH_CACHE)
 
@@ -229,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {c} | {m} | {r['recall@5']:.3f} | {r['mrr@5']:.3f} | {r['evidence@5']:.3f} |")
     ing, emb = out["speed"]["ingest"], out["speed"]["embed_150_words"]
     print(f"\ningest: {ing['chunks']} chunks ({ing['tokens_per_chunk']:.0f} tokens each) in {ing['seconds']:.1f} s = "
-          f"{ing['chunks_per_s']:.0f} chunks/s")
+          f"{ing['chunks_per_s']:.0f} chunks/s = {ing['ratio_to_fp32_embed']:.2f}x the fp32 embedder alone on the same "
+          f"texts ({ing['fp32_embed_chunks_per_s']:.0f} chunks/s; int8 alone {ing['int8_embed_chunks_per_s']:.0f})")
     print(f"embedder on 150-word chunks: fp32 {emb['fp32_chunks_per_s']:.0f} chunks/s, "
           f"int8 {emb['int8_chunks_per_s']:.0f} chunks/s")
     if "search" in out["speed"]:
