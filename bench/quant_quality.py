@@ -10,7 +10,9 @@ llama.cpp's runtime (llama-cpp-python) on the same text, windows and threads:
 
 Next to it, the mean KL divergence of each file's next-token distributions from the f16 file's on the same
 scored tokens: how far quantization moved the model, which perplexity on one text measures only noisily
-(a quantized model can score a text better than the model it came from).
+(a quantized model can score a text better than the model it came from). The ratio's 95% interval comes
+from the paired per-token differences of the two files' NLL on the same tokens (see ratio_interval): an
+interval that holds 1 means the text cannot tell the two files apart.
 
 Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512]
 Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
@@ -73,11 +75,12 @@ def llama_quantize(llama_cpp, src: Path, dst: Path, quant: str, threads: int) ->
 
 
 def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
-               reference: list[np.ndarray] | None = None) -> tuple[float, int, list[np.ndarray] | float | None]:
-    """PPL as defined above, computed with llama.cpp's runtime. Returns (ppl, scored tokens, kl): with
-    `reference` (the log-probabilities another file gives the same scored tokens), the mean
+               reference: list[np.ndarray] | None = None
+               ) -> tuple[float, int, list[np.ndarray] | float | None, np.ndarray]:
+    """PPL as defined above, computed with llama.cpp's runtime. Returns (ppl, scored tokens, kl, nll): with
+    `reference` (the log-probabilities another file gives the same scored tokens), kl is the mean
     KL(reference || this file) over them; without, this file's log-probabilities (float16, for use as a
-    reference)."""
+    reference). nll: (windows, scored tokens per window), each scored token's negative log-likelihood."""
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                           n_threads=threads, n_threads_batch=threads, verbose=False)
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
@@ -85,9 +88,9 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
     n_windows = len(tokens) // n_ctx
     if n_windows == 0:
         raise ValueError(f"{EVAL_TEXT}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
-    nll, kl, count = 0.0, 0.0, 0
+    kl, count = 0.0, 0
     first = n_ctx // 2
-    logprobs = []
+    logprobs, nll = [], []
     for w in range(n_windows):
         window = list(tokens[w * n_ctx:(w + 1) * n_ctx])
         window[0] = bos
@@ -96,7 +99,7 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
         logits = np.asarray(llm.scores[first:n_ctx - 1], dtype=np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        nll -= lp[np.arange(len(lp)), window[first + 1:n_ctx]].sum()
+        nll.append(-lp[np.arange(len(lp)), window[first + 1:n_ctx]])
         count += len(lp)
         if reference is None:
             logprobs.append(lp.astype(np.float16))
@@ -104,7 +107,20 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
             ref = reference[w].astype(np.float64)
             kl += (np.exp(ref) * (ref - lp)).sum()
     llm.close()
-    return math.exp(nll / count), count, (logprobs if reference is None else kl / count)
+    token_nll = np.stack(nll)
+    return math.exp(token_nll.sum() / count), count, (logprobs if reference is None else kl / count), token_nll
+
+
+def ratio_interval(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+    """95% interval of PPL(ours) / PPL(theirs) from the paired per-token NLL differences on the same
+    tokens. Tokens of one window are not independent, so the standard error is the larger of the
+    per-token one and the one over window means (few windows, but it carries their correlation)."""
+    d = ours - theirs
+    se_tokens = d.std(ddof=1) / math.sqrt(d.size)
+    means = d.mean(axis=1)
+    se_windows = means.std(ddof=1) / math.sqrt(len(means)) if len(means) > 1 else se_tokens
+    se = max(se_tokens, se_windows)
+    return math.exp(d.mean() - 1.96 * se), math.exp(d.mean() + 1.96 * se)
 
 
 def main() -> int:
@@ -137,13 +153,14 @@ def main() -> int:
     if not f16_src.exists():
         convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
     # KL divergence from the f16 file both sides quantize from, on the same scored tokens
-    _, _, reference = perplexity(llama_cpp, f16_src, text, args.n_ctx, args.threads)
+    _, _, reference, _ = perplexity(llama_cpp, f16_src, text, args.n_ctx, args.threads)
 
     rows = []
     for quant in types:
         theirs = work / f"smollm2-llamacpp-{quant}.gguf"
         t_theirs = llama_quantize(llama_cpp, f16_src, theirs, quant, args.threads)
-        ppl_theirs, n, kl_theirs = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads, reference)
+        ppl_theirs, n, kl_theirs, nll_theirs = perplexity(llama_cpp, theirs, text, args.n_ctx, args.threads,
+                                                          reference)
         for method in methods:
             ours = work / f"smollm2-edgellm-{quant}-{method}.gguf"
             opts = {} if method == "plain" else {"calib": calib, "calib_tokens": args.calib_tokens,
@@ -152,10 +169,12 @@ def main() -> int:
             summary = convert(ckpt, ours, ConvertOptions(quant=quant, n_threads=args.threads, progress=False,
                                                          **opts))
             t_ours = time.perf_counter() - t0
-            ppl_ours, n, kl_ours = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads, reference)
+            ppl_ours, n, kl_ours, nll_ours = perplexity(llama_cpp, ours, text, args.n_ctx, args.threads,
+                                                        reference)
+            low, high = ratio_interval(nll_ours, nll_theirs)
             row = {
                 "quant": quant, "method": method, "ppl_edgellm": ppl_ours, "ppl_llamacpp": ppl_theirs,
-                "ratio": ppl_ours / ppl_theirs, "kl_edgellm": kl_ours, "kl_llamacpp": kl_theirs,
+                "ratio": ppl_ours / ppl_theirs, "ratio_95": [low, high], "kl_edgellm": kl_ours, "kl_llamacpp": kl_theirs,
                 "size_edgellm": ours.stat().st_size,
                 "size_llamacpp": theirs.stat().st_size, "time_edgellm_s": t_ours, "time_llamacpp_s": t_theirs,
                 "scored_tokens": n, "calibration": summary.calibration,
@@ -167,11 +186,13 @@ def main() -> int:
 
     print(f"\nSmolLM2-135M-Instruct, {EVAL_TEXT}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
           f"PPL by llama.cpp's runtime, {args.threads} threads\n")
-    print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | KL edgellm | KL llama.cpp "
+    print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | ratio 95% | KL edgellm | KL llama.cpp "
           "| size edgellm MB | size llama.cpp MB | convert s | quantize s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        low, high = r["ratio_95"]
         print(f"| {r['quant']} | {r['method']} | {r['ppl_edgellm']:.4f} | {r['ppl_llamacpp']:.4f} | {r['ratio']:.4f} | "
+              f"{low:.4f}-{high:.4f} | "
               f"{r['kl_edgellm']:.5f} | {r['kl_llamacpp']:.5f} | "
               f"{r['size_edgellm'] / 1e6:.1f} | {r['size_llamacpp'] / 1e6:.1f} | {r['time_edgellm_s']:.1f} | "
               f"{r['time_llamacpp_s']:.1f} |")

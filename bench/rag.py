@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -49,20 +50,33 @@ def load_eval(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def score(index, questions: list[dict], mode: str) -> dict[str, float]:
-    """recall@5, MRR@5 and evidence@5 of `index` in `mode` over the questions."""
+def score(index, questions: list[dict], mode: str) -> dict:
+    """recall@5, MRR@5 and evidence@5 of `index` in `mode` over the questions, and each question's
+    reciprocal rank (0 when the answering page is not in the top 5)."""
     hits = rr = evidence = 0.0
+    ranks = []
     for q in questions:
         results = index.search(q["question"], K, mode=mode)
         names = [Path(r.path).name for r in results]
+        ranks.append(1.0 / (names.index(q["file"]) + 1) if q["file"] in names else 0.0)
         if q["file"] in names:
             hits += 1
-            rr += 1.0 / (names.index(q["file"]) + 1)
+            rr += ranks[-1]
         ev = norm(q["evidence"])
         if any(ev in norm(r.text) for r in results):
             evidence += 1
     n = len(questions)
-    return {"recall@5": hits / n, "mrr@5": rr / n, "evidence@5": evidence / n}
+    return {"recall@5": hits / n, "mrr@5": rr / n, "evidence@5": evidence / n, "rr": ranks}
+
+
+def paired(a: list[float], b: list[float]) -> dict:
+    """Questions where configuration a ranks the answering page higher / lower than b, and the two-sided
+    sign test's p-value of that split (ties left out): is one better, or is the gap noise?"""
+    better = sum(x > y for x, y in zip(a, b))
+    worse = sum(x < y for x, y in zip(a, b))
+    n, k = better + worse, min(better, worse)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return {"better": better, "worse": worse, "sign_test_p": p}
 
 
 def naive_index(db: Path, corpus: Path, embedder):
@@ -240,11 +254,16 @@ def main(argv: list[str] | None = None) -> int:
             big.close()
         ours.close()
 
+    by = {(c, m): r for c, m, r in rows}
+    out["int8_vs_fp32_hybrid"] = paired(by[("ours (int8)", "hybrid")]["rr"], by[("ours (fp32)", "hybrid")]["rr"])
     out["quality"] = [{"config": c, "mode": m, **r} for c, m, r in rows]
     print(f"\n{len(questions)} questions over {args.corpus}\n")
     print("| configuration | mode | recall@5 | MRR@5 | evidence@5 |\n|---|---|---|---|---|")
     for c, m, r in rows:
         print(f"| {c} | {m} | {r['recall@5']:.3f} | {r['mrr@5']:.3f} | {r['evidence@5']:.3f} |")
+    pair = out["int8_vs_fp32_hybrid"]
+    print(f"\nint8 vs fp32 embedder, hybrid: the answering page ranks higher on {pair['better']} questions, lower on "
+          f"{pair['worse']} (sign test p = {pair['sign_test_p']:.2f})")
     ing, emb = out["speed"]["ingest"], out["speed"]["embed_150_words"]
     print(f"\ningest: {ing['chunks']} chunks ({ing['tokens_per_chunk']:.0f} tokens each) in {ing['seconds']:.1f} s = "
           f"{ing['chunks_per_s']:.0f} chunks/s = {ing['ratio_to_fp32_embed']:.2f}x the fp32 embedder alone on the same "
