@@ -227,10 +227,10 @@ def _export(source: Path, out: Path, variant: str) -> None:
 
         config = json.loads((source / "config.json").read_text())
         # Neither attention nor the residual Add + LayerNormalization pairs are fused: ONNX Runtime's (1.32)
-        # SkipLayerNormalization took ~20% of the fused graph's time on two cores, ten times what Add +
-        # LayerNormalization take; fused attention brings it back (the session's own optimiser then
-        # fuses them). Unfused, attention's Q, K and V projections are plain MatMuls that run in int8.
-        # 1.15x the fused graph's speed, same vectors (cosine to the fp32 model's 0.994 either way).
+        # SkipLayerNormalization took ~20% of the fused graph's time on two cores (1.6 ms a call on 2048 x 384
+        # values; LayerNormalization 0.17 ms), and with attention fused the session's own optimiser fuses
+        # those pairs again. Unfused, attention's Q, K and V projections are plain MatMuls that run in int8.
+        # 1.15x the fused graph's speed, as close to fp32 (mean cosine to its vectors 0.994 either way).
         options = FusionOptions("bert")
         options.enable_attention = False
         options.enable_skip_layer_norm = False
