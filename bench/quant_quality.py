@@ -88,7 +88,7 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
     n_windows = len(tokens) // n_ctx
     if n_windows == 0:
         raise ValueError(f"{EVAL_TEXT}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
-    kl, count = 0.0, 0
+    kl = 0.0
     first = n_ctx // 2
     logprobs, nll = [], []
     for w in range(n_windows):
@@ -100,7 +100,6 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
         logits -= logits.max(axis=1, keepdims=True)
         lp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         nll.append(-lp[np.arange(len(lp)), window[first + 1:n_ctx]])
-        count += len(lp)
         if reference is None:
             logprobs.append(lp.astype(np.float16))
         else:
@@ -108,7 +107,8 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
             kl += (np.exp(ref) * (ref - lp)).sum()
     llm.close()
     token_nll = np.stack(nll)
-    return math.exp(token_nll.sum() / count), count, (logprobs if reference is None else kl / count), token_nll
+    count = token_nll.size
+    return math.exp(token_nll.mean()), count, (logprobs if reference is None else kl / count), token_nll
 
 
 def ratio_interval(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
