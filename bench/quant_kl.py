@@ -1,9 +1,10 @@
 """Model-level quality of our quantizers vs llama.cpp's: KL divergence of the logits (not a test).
 
-Every 2-D weight of an f32 Hugging Face checkpoint (default: the rebuilt SmolLM2-135M the tests cache) is
-replaced by its quantize->dequantize round trip, by our quantizer and by ggml's (llama-cpp-python's
-libggml-base through ctypes), and the mean KL(f32 || quantized) of next-token distributions and the
-perplexity over a text are printed. Rows not a multiple of 256 are regrouped as rows of 256 for k-quants.
+Every 2-D weight of an f32 Hugging Face checkpoint (default: the rebuilt SmolLM2-135M the tests cache, made
+when missing) is replaced by its quantize->dequantize round trip, by our quantizer and by ggml's
+(llama-cpp-python's libggml-base through ctypes), and the mean KL(f32 || quantized) of next-token
+distributions and the perplexity over a text are printed. Rows not a multiple of 256 are regrouped as rows
+of 256 for k-quants.
 
     python bench/quant_kl.py [--types q4_0,q4_K] [--checkpoint DIR] [--text FILE] [--tokens N]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import sys
 from pathlib import Path
 
 import gguf
@@ -21,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from edgellm.quant import GGMLType, dequantize, quantize, row_size
 
-DEFAULT_CKPT = Path.home() / ".cache" / "edgellm-tests" / "smollm2-135m-instruct-f32"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def ggml_roundtrip_fn():
@@ -50,10 +52,15 @@ def ours_roundtrip(x: np.ndarray, qt: GGMLType) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default="Q4_0,Q5_0,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K")
-    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CKPT)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="default: the tests' SmolLM2 checkpoint")
     ap.add_argument("--text", type=Path, default=Path("/usr/share/common-licenses/GPL-3"))
     ap.add_argument("--tokens", type=int, default=768)
     args = ap.parse_args()
+    if args.checkpoint is None:
+        sys.path.insert(0, str(ROOT / "tests"))  # the SmolLM2 fp32 checkpoint builder lives with the test fixtures
+        from helpers.smollm2 import smollm2_checkpoint
+
+        args.checkpoint = smollm2_checkpoint()
 
     tok = AutoTokenizer.from_pretrained(str(args.checkpoint))
     model = AutoModelForCausalLM.from_pretrained(str(args.checkpoint), dtype=torch.float32).eval()

@@ -19,7 +19,13 @@ decode tok/s = (generated tokens - 1) / (time after the first token), the same f
    Goal: edgellm lookup >= 2x its plain decode (geometric mean over the prompts, on every file).
 2. Draft model: target smollm2-f16, draft smollm2-q4_0, on the three quoting prompts and two open-ended
    ones; plain vs speculative="draft" with draft_max 4, 8 and 16. Goal: >= 1.5x (geometric mean over the
-   prompts, best draft_max). llama-cpp-python has no draft-model decoding, so there is nothing to compare.
+   prompts, best draft_max), reported also per kind of prompt. llama-cpp-python has no draft-model
+   decoding, so there is nothing to compare. Next to it, the ceiling any draft could reach on this machine
+   at this moment: the time of one target pass over n tokens and one draft pass over n tokens, measured
+   right before and after the section (median of PASS_REPEATS passes after a PASS_CONTEXT-token prompt), and
+   the speedup of a draft whose every token is accepted: each step then makes draft_max + 1 tokens for a
+   draft pass over 2 tokens (the last draft and the target's token), draft_max - 1 single-token draft passes
+   and one target pass over draft_max + 1 tokens, against draft_max + 1 single-token target passes.
 3. KV cache: for smollm2-q4_1 and smollm2-f16, kv_bytes at n_ctx 2048 with kv_type f16 / f32 / q8_0,
    perplexity of /usr/share/common-licenses/GPL-3 (windows of 512 tokens) under each, and plain decode
    tok/s on the first quoting prompt. Goal: q8_0 perplexity within 0.5% of f16.
@@ -67,6 +73,8 @@ KV_TYPES = ("f16", "f32", "q8_0")
 PPL_TEXT = LICENSES / "GPL-3"
 PPL_CTX = 512
 COPY_SPAN = 8  # words: an output word counts as copied when it lies in such a span of the passage
+PASS_CONTEXT = 500  # tokens before the timed passes of the draft ceiling (about the prompts' length)
+PASS_REPEATS = 30
 GOAL_LOOKUP = 2.0
 GOAL_DRAFT = 1.5
 GOAL_PPL_PCT = 0.5
@@ -385,6 +393,37 @@ def lookup_section(files: dict[str, Path], prompts: list[Prompt], opts: argparse
     return rows
 
 
+def pass_ms(path: Path, threads: int, sizes: Sequence[int]) -> dict[int, float]:
+    """Median milliseconds of one forward pass over n tokens (n in sizes), all logits out, after a
+    PASS_CONTEXT-token prompt; the cache is trimmed back after each pass."""
+    import statistics
+
+    llm = open_edgellm(path, threads)
+    ids = llm.tokenize(license_text("GPL-3"))[: PASS_CONTEXT + max(sizes)]
+    llm.eval(ids[:PASS_CONTEXT])
+    out = {}
+    for n in sizes:
+        times = []
+        for _ in range(PASS_REPEATS):
+            t = time.perf_counter()
+            llm.eval(ids[PASS_CONTEXT:PASS_CONTEXT + n], logits_all=True)
+            times.append((time.perf_counter() - t) * 1e3)
+            llm.truncate(PASS_CONTEXT)
+        out[n] = statistics.median(times)
+    release(llm)
+    return out
+
+
+def draft_ceiling(target: Path, draft: Path, threads: int) -> dict[str, Any]:
+    """Pass times of both models and the speedup of a draft whose every token is accepted, per draft_max."""
+    v = pass_ms(target, threads, sorted({1, *(k + 1 for k in DRAFT_MAXES)}))
+    d = pass_ms(draft, threads, [1, 2])
+    ceiling = {k: (k + 1) * v[1] / (d[2] + (k - 1) * d[1] + v[k + 1]) for k in DRAFT_MAXES}
+    log(f"  pass ms: target {', '.join(f'{n}: {t:.2f}' for n, t in v.items())}; draft 1: {d[1]:.2f}, "
+        f"2: {d[2]:.2f}; perfect-draft ceiling {', '.join(f'{k}: {c:.2f}x' for k, c in ceiling.items())}")
+    return {"target_pass_ms": v, "draft_pass_ms": d, "draft_to_target": d[1] / v[1], "ceiling": ceiling}
+
+
 def draft_section(target: tuple[str, Path], draft: tuple[str, Path], prompts: list[Prompt],
                   opts: argparse.Namespace, check: GreedyCheck) -> Rows:
     name, path = target
@@ -527,18 +566,24 @@ def kv_table(rows: Rows) -> str:
     return "\n".join(lines)
 
 
-def goals(lookup: Rows, draft: Rows, kv: Rows) -> dict[str, Any]:
+def goals(lookup: Rows, draft: Rows, kv: Rows, ceilings: list[dict[str, Any]]) -> dict[str, Any]:
     speedups = [r["edgellm"]["speedup"] for r in lookup]
     by_file = {f: geomean([r["edgellm"]["speedup"] for r in lookup if r["file"] == f])
                for f in dict.fromkeys(r["file"] for r in lookup)}
     per_max = {k: geomean([r["draft"][k]["speedup"] for r in draft]) for k in DRAFT_MAXES}
     best_k = max(per_max, key=lambda k: per_max[k] or 0.0)
+    open_names = {name for name, _ in OPEN_TASKS}
     worst_ppl = max(abs(r["ppl_change_pct_q8_0"]) for r in kv)
     out = {
         "lookup": {"goal": GOAL_LOOKUP, "geomean_speedup_by_file": by_file,
                    "geomean_speedup": geomean(speedups), "min": min(speedups), "max": max(speedups),
                    "met": all((v or 0.0) >= GOAL_LOOKUP for v in by_file.values())},
         "draft": {"goal": GOAL_DRAFT, "geomean_speedup_by_draft_max": per_max, "best_draft_max": best_k,
+                  "geomean_speedup_by_kind": {
+                      "quote": geomean([r["draft"][best_k]["speedup"] for r in draft if r["prompt"] not in open_names]),
+                      "open": geomean([r["draft"][best_k]["speedup"] for r in draft if r["prompt"] in open_names])},
+                  "perfect_draft_ceiling": [c["ceiling"] for c in ceilings],
+                  "draft_to_target_pass": [c["draft_to_target"] for c in ceilings],
                   "met": (per_max[best_k] or 0.0) >= GOAL_DRAFT},
         "kv_q8_0_ppl": {"goal_pct": GOAL_PPL_PCT, "worst_abs_change_pct": worst_ppl,
                         "met": worst_ppl <= GOAL_PPL_PCT},
@@ -557,12 +602,19 @@ def summary(g: dict[str, Any]) -> str:
     k = dr["best_draft_max"]
     by_max = ", ".join(f"{m}: {fmt(v, '.2f')}x" for m, v in dr["geomean_speedup_by_draft_max"].items())
     by_file = ", ".join(f"{f} {fmt(v, '.2f')}x" for f, v in lk["geomean_speedup_by_file"].items())
+    ceil = ", ".join(f"draft_max {m}: " + " / ".join(f"{c[m]:.2f}x" for c in dr["perfect_draft_ceiling"])
+                     for m in DRAFT_MAXES)
+    ratio = " / ".join(f"{r:.2f}" for r in dr["draft_to_target_pass"])
     lines = [
         (f"- prompt lookup >= {lk['goal']:.1f}x plain decode on every file: {met(lk['met'])} (geometric "
          f"means {by_file}; all {fmt(lk['geomean_speedup'], '.2f')}x, "
          f"range {lk['min']:.2f}-{lk['max']:.2f}x)"),
         (f"- draft model >= {dr['goal']:.1f}x plain decode: {met(dr['met'])} (geometric mean "
-         f"{fmt(dr['geomean_speedup_by_draft_max'][k], '.2f')}x at draft_max {k}; by draft_max {by_max})"),
+         f"{fmt(dr['geomean_speedup_by_draft_max'][k], '.2f')}x at draft_max {k}: quoting prompts "
+         f"{fmt(dr['geomean_speedup_by_kind']['quote'], '.2f')}x, open-ended "
+         f"{fmt(dr['geomean_speedup_by_kind']['open'], '.2f')}x; by draft_max {by_max}). A draft whose every "
+         f"token were accepted would reach {ceil} (before / after the section; draft pass / target pass "
+         f"{ratio})"),
         (f"- KV q8_0 perplexity within {kv['goal_pct']}% of f16: {met(kv['met'])} (worst "
          f"{kv['worst_abs_change_pct']:.3f}%)"),
     ]
@@ -609,9 +661,13 @@ def run(opts: argparse.Namespace) -> int:
 
     check = GreedyCheck()
     lookup = lookup_section(files, quotes, opts, check)
+    log("draft ceiling, before the draft section")
+    ceilings = [draft_ceiling(f16, q4_0, opts.threads)]
     draft = draft_section(("smollm2-f16", f16), ("smollm2-q4_0", q4_0), quotes + chats, opts, check)
+    log("draft ceiling, after the draft section")
+    ceilings.append(draft_ceiling(f16, q4_0, opts.threads))
     kv = kv_section(files, quotes[0], opts)
-    g = goals(lookup, draft, kv)
+    g = goals(lookup, draft, kv, ceilings)
     elapsed = time.perf_counter() - t_start
 
     settings = (f"threads {opts.threads}, max_tokens {opts.gen_tokens}, n_ctx {N_CTX}, n_batch {N_BATCH}, "

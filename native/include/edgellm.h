@@ -266,7 +266,7 @@ EDGELLM_API void edgellm_sampler_reset(edgellm_sampler* smpl);
 typedef struct edgellm_spec_params {
     int32_t draft_max; /* most tokens drafted per step, in [1, 64] (8) */
     int32_t draft_min; /* the adaptive draft length never falls below this (1) */
-    float p_min;       /* draft model: stop drafting when its top probability is below this (0.5) */
+    float p_min;       /* draft model: stop drafting when its top probability is below this (0.2) */
     int32_t ngram_min; /* prompt lookup: n-gram lengths matched, longest first (3 .. 4) */
     int32_t ngram_max;
 } edgellm_spec_params;

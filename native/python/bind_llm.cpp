@@ -451,10 +451,11 @@ void bind_llm(py::module_& m) {
         .def("accept", &PySampler::accept, py::arg("token"))
         .def("reset", &PySampler::reset);
 
+    const edgellm_spec_params spec = edgellm_spec_default_params();  // the core's defaults, stated once
     py::class_<PySpeculator>(m, "Speculator")
         .def(py::init<py::object, py::object, int32_t, int32_t, float, int32_t, int32_t>(), py::arg("target"),
-             py::arg("draft"), py::arg("draft_max") = 8, py::arg("draft_min") = 1, py::arg("p_min") = 0.5f,
-             py::arg("ngram_min") = 3, py::arg("ngram_max") = 4)
+             py::arg("draft"), py::arg("draft_max") = spec.draft_max, py::arg("draft_min") = spec.draft_min,
+             py::arg("p_min") = spec.p_min, py::arg("ngram_min") = spec.ngram_min, py::arg("ngram_max") = spec.ngram_max)
         .def("step", &PySpeculator::step, py::arg("sampler"), py::arg("pending"), py::arg("n_max"))
         .def("stats", &PySpeculator::stats);
 
