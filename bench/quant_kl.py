@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=768)
     args = ap.parse_args()
     if args.checkpoint is None:
-        sys.path.insert(0, str(ROOT / "tests"))  # the SmolLM2 fp32 checkpoint builder lives with the test fixtures
+        sys.path.insert(0, str(ROOT / "tests"))  # the SmolLM2 checkpoint builder lives with the test fixtures
         from helpers.smollm2 import smollm2_checkpoint
 
         args.checkpoint = smollm2_checkpoint()

@@ -393,9 +393,10 @@ def lookup_section(files: dict[str, Path], prompts: list[Prompt], opts: argparse
     return rows
 
 
-def pass_ms(path: Path, threads: int, sizes: Sequence[int]) -> dict[int, float]:
-    """Median milliseconds of one forward pass over n tokens (n in sizes), all logits out, after a
-    PASS_CONTEXT-token prompt; the cache is trimmed back after each pass."""
+def pass_ms(path: Path, threads: int, sizes: Sequence[int], logits_all: bool) -> dict[int, float]:
+    """Median milliseconds of one forward pass over n tokens (n in sizes) after a PASS_CONTEXT-token prompt,
+    with every position's logits (a verifying target) or the last one's (a drafting model); the cache is
+    trimmed back after each pass."""
     import statistics
 
     llm = open_edgellm(path, threads)
@@ -406,7 +407,7 @@ def pass_ms(path: Path, threads: int, sizes: Sequence[int]) -> dict[int, float]:
         times = []
         for _ in range(PASS_REPEATS):
             t = time.perf_counter()
-            llm.eval(ids[PASS_CONTEXT:PASS_CONTEXT + n], logits_all=True)
+            llm.eval(ids[PASS_CONTEXT:PASS_CONTEXT + n], logits_all=logits_all)
             times.append((time.perf_counter() - t) * 1e3)
             llm.truncate(PASS_CONTEXT)
         out[n] = statistics.median(times)
@@ -416,8 +417,8 @@ def pass_ms(path: Path, threads: int, sizes: Sequence[int]) -> dict[int, float]:
 
 def draft_ceiling(target: Path, draft: Path, threads: int) -> dict[str, Any]:
     """Pass times of both models and the speedup of a draft whose every token is accepted, per draft_max."""
-    v = pass_ms(target, threads, sorted({1, *(k + 1 for k in DRAFT_MAXES)}))
-    d = pass_ms(draft, threads, [1, 2])
+    v = pass_ms(target, threads, sorted({1, *(k + 1 for k in DRAFT_MAXES)}), logits_all=True)
+    d = pass_ms(draft, threads, [1, 2], logits_all=False)
     ceiling = {k: (k + 1) * v[1] / (d[2] + (k - 1) * d[1] + v[k + 1]) for k in DRAFT_MAXES}
     log(f"  pass ms: target {', '.join(f'{n}: {t:.2f}' for n, t in v.items())}; draft 1: {d[1]:.2f}, "
         f"2: {d[2]:.2f}; perfect-draft ceiling {', '.join(f'{k}: {c:.2f}x' for k, c in ceiling.items())}")
@@ -580,8 +581,9 @@ def goals(lookup: Rows, draft: Rows, kv: Rows, ceilings: list[dict[str, Any]]) -
                    "met": all((v or 0.0) >= GOAL_LOOKUP for v in by_file.values())},
         "draft": {"goal": GOAL_DRAFT, "geomean_speedup_by_draft_max": per_max, "best_draft_max": best_k,
                   "geomean_speedup_by_kind": {
-                      "quote": geomean([r["draft"][best_k]["speedup"] for r in draft if r["prompt"] not in open_names]),
-                      "open": geomean([r["draft"][best_k]["speedup"] for r in draft if r["prompt"] in open_names])},
+                      kind: geomean([r["draft"][best_k]["speedup"] for r in draft
+                                     if (r["prompt"] in open_names) == (kind == "open")])
+                      for kind in ("quote", "open")},
                   "perfect_draft_ceiling": [c["ceiling"] for c in ceilings],
                   "draft_to_target_pass": [c["draft_to_target"] for c in ceilings],
                   "met": (per_max[best_k] or 0.0) >= GOAL_DRAFT},

@@ -455,7 +455,8 @@ void bind_llm(py::module_& m) {
     py::class_<PySpeculator>(m, "Speculator")
         .def(py::init<py::object, py::object, int32_t, int32_t, float, int32_t, int32_t>(), py::arg("target"),
              py::arg("draft"), py::arg("draft_max") = spec.draft_max, py::arg("draft_min") = spec.draft_min,
-             py::arg("p_min") = spec.p_min, py::arg("ngram_min") = spec.ngram_min, py::arg("ngram_max") = spec.ngram_max)
+             py::arg("p_min") = spec.p_min, py::arg("ngram_min") = spec.ngram_min,
+             py::arg("ngram_max") = spec.ngram_max)
         .def("step", &PySpeculator::step, py::arg("sampler"), py::arg("pending"), py::arg("n_max"))
         .def("stats", &PySpeculator::stats);
 
