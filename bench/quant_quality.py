@@ -174,8 +174,8 @@ def main() -> int:
             low, high = ratio_interval(nll_ours, nll_theirs)
             row = {
                 "quant": quant, "method": method, "ppl_edgellm": ppl_ours, "ppl_llamacpp": ppl_theirs,
-                "ratio": ppl_ours / ppl_theirs, "ratio_95": [low, high], "kl_edgellm": kl_ours, "kl_llamacpp": kl_theirs,
-                "size_edgellm": ours.stat().st_size,
+                "ratio": ppl_ours / ppl_theirs, "ratio_95": [low, high], "kl_edgellm": kl_ours,
+                "kl_llamacpp": kl_theirs, "size_edgellm": ours.stat().st_size,
                 "size_llamacpp": theirs.stat().st_size, "time_edgellm_s": t_ours, "time_llamacpp_s": t_theirs,
                 "scored_tokens": n, "calibration": summary.calibration,
             }

@@ -299,8 +299,9 @@ void attention(Forward& f, int64_t il, int64_t window) {
             const int64_t j0 = std::max(ts, lo), j1 = std::min(ts + kTile, hi);
             const void *kt, *vt;
             if (shared) {
-                kt = deq_tile(kvh, ts / kTile);
-                vt = deq_tile(kvh, ts / kTile) + tile_floats;
+                const float* kd = deq_tile(kvh, ts / kTile);
+                kt = kd;
+                vt = kd + tile_floats;
             } else if (f16) {
                 kt = cache.keys_f16(il, kvh, ts / kTile);
                 vt = cache.values_f16(il, kvh, ts);

@@ -65,9 +65,11 @@ __attribute__((target("avx2"))) void q8_keys16_avx2(const uint8_t* const* rows, 
     for (int64_t b = 0; b < blocks; ++b) {
         alignas(32) float s[16];
         for (int i = 0; i < 16; ++i) {
-            uint16_t dh = 0;
-            if (rows[i]) std::memcpy(&dh, rows[i] + b * kQ8Bytes, 2);
-            s[i] = rows[i] ? half_to_float(dh) : 0.0f;
+            s[i] = 0.0f;
+            if (!rows[i]) continue;
+            uint16_t dh;
+            std::memcpy(&dh, rows[i] + b * kQ8Bytes, 2);
+            s[i] = half_to_float(dh);
         }
         const __m256 s_lo = _mm256_load_ps(s), s_hi = _mm256_load_ps(s + 8);
         for (int half = 0; half < 2; ++half) {
