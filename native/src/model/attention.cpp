@@ -24,6 +24,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/vmath.h"
 #include "model/kv_cache.h"
 #include "model/ops.h"
 
@@ -42,39 +43,11 @@ constexpr int64_t kTile = 64;       // key positions per tile (a multiple of kCh
 constexpr int64_t kMaxBlock = 64;   // most tokens per task
 constexpr int64_t kChunk = 16;      // floats per register-resident accumulator
 
-// 16 floats as one value: GCC/Clang lower it to whatever registers the target has (1 zmm,
-// 2 ymm, 4 xmm, NEON, WASM SIMD). Element-wise arithmetic only.
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-
-__attribute__((always_inline)) inline f32x16 load16(const float* p) {
-    f32x16 v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-__attribute__((always_inline)) inline void store16(float* p, const f32x16& v) { std::memcpy(p, &v, sizeof v); }
-
-// exp(x) to ~1 ulp, element-wise: x = n ln2 + r, |r| <= ln2/2, e^r by its Taylor polynomial, 2^n
-// from the exponent bits. Inputs are clamped to [-87, 88] (NaN becomes -87) so that results stay
-// normal and the conversion to int is always in range.
-__attribute__((always_inline)) inline f32x16 exp16(const f32x16& in) {
-    f32x16 x = in > -87.0f ? in : -87.0f;
-    x = x < 88.0f ? x : 88.0f;
-    const f32x16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-    const f32x16 r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    const f32x16 p =
-        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
-    f32x16 scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
-}
-
-__attribute__((always_inline)) inline float exp1(float x) {
-    f32x16 v = {};
-    v[0] = x;
-    return exp16(v)[0];
-}
+using vmath::f32x16;
+using vmath::exp16;
+using vmath::exp1;
+using vmath::load16;
+using vmath::store16;
 
 // One token against one tile of keys. The keys and values are f32, or f16 (an f16 cache read in
 // place: each value converted exactly in registers as it is used, so the bits are those of a
