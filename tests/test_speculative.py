@@ -195,6 +195,25 @@ def test_sampled_draft_keeps_the_target_distribution(convert_tiny):
     assert chi_square_p(counts, p) > 1e-3, (chi_square_p(counts, p), accepted / drafted)
 
 
+@pytest.mark.parametrize("prompt", TINY_PROMPTS[:2], ids=["plain", "repeated"])
+def test_draft_stops_below_p_min(tiny_pair, prompt):
+    """The draft proposes a token only when its top probability reaches p_min: a p_min just above the
+    draft's top probability (softmax of its logits in float64 here) drafts nothing, one just below drafts."""
+    target, draft = tiny_pair
+    with LLM(draft, n_ctx=64, n_threads=1) as other:
+        logits = np.asarray(other.logits(prompt)[-1], dtype=np.float64)
+    top = 1.0 / np.exp(logits - logits.max()).sum()
+    drafted = {}
+    with LLM(target, n_ctx=64, n_threads=1, draft_model=draft) as llm:
+        for name, p_min in (("above", top * (1 + 1e-4)), ("below", top * (1 - 1e-4))):
+            spec = _core.Speculator(llm._ctx, llm._draft_ctx, draft_max=4, p_min=float(p_min))
+            llm.reset()
+            llm.eval(prompt[:-1])
+            spec.step(Sampler(llm, temperature=0.0)._s, prompt[-1], 5)
+            drafted[name] = spec.stats()[1]
+    assert drafted["above"] == 0 and drafted["below"] >= 1, (top, drafted)
+
+
 def test_draft_with_another_vocabulary_is_refused(convert_tiny):
     with pytest.raises(InvalidArgumentError, match="draft model .*(vocabulary|token)"):
         LLM(convert_tiny("llama"), n_ctx=64, draft_model=convert_tiny("llama_spm"))
