@@ -180,28 +180,46 @@ def build_llama1b_checkpoint(dst: Path) -> None:
     (dst / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def converted(name: str, src: Callable[[], Path], quant: str) -> Path:
+def converted(name: str, src: Callable[[], Path], quant: str, **options: Any) -> Path:
+    """Our conversion of the checkpoint src() at `quant` (options: more ConvertOptions fields), built once."""
     from edgellm.converters.convert import ConvertOptions, convert
 
     def build(out: Path) -> None:
         ckpt = src()
-        log(f"  {name}: converting with edgellm's converter (--quant {quant}; once, the 1.1B files take "
+        extra = "".join(f", {k} {v}" for k, v in options.items())
+        log(f"  {name}: converting with edgellm's converter (--quant {quant}{extra}; once, the 1.1B files take "
             f"minutes)...")
         t0 = time.perf_counter()
-        convert(ckpt, out, ConvertOptions(quant=quant, progress=sys.stderr.isatty()))
+        convert(ckpt, out, ConvertOptions(quant=quant, progress=sys.stderr.isatty(), **options))
         log(f"  {name}: done in {time.perf_counter() - t0:.0f} s")
 
     return cached(f"{name}.gguf", build)
 
 
+def calibration_text() -> Path:
+    """A calibration text present wherever Python is, unrelated to the benchmarks' prompts and evaluation
+    texts: the Python language reference that pydoc shows (pydoc_data.topics, ~65,000 words)."""
+    def build(out: Path) -> None:
+        from pydoc_data.topics import topics
+
+        out.write_text("\n\n".join(topics[k] for k in sorted(topics)))
+
+    return cached("calib-python-reference.txt", build)
+
+
 def prepare(name: str) -> Path:
-    """The GGUF file of a benchmark file name (built on first use)."""
+    """The GGUF file of a benchmark file name (built on first use). A name ending in -awq is calibrated on
+    calibration_text(): AWQ scales, then importance-weighted quantization (--calib ... --awq)."""
     kind, quant = name.split("-", 1)
     if name == "smollm2-q4_1":
         return smollm2_q4_1()
+    options: dict[str, Any] = {}
+    if quant.endswith("-awq"):
+        quant = quant[: -len("-awq")]
+        options = {"calib": calibration_text(), "awq": True}
     if kind == "smollm2":
-        return converted(name, smollm2_checkpoint, quant)
-    return converted(name, lambda: cached(LLAMA1B_NAME, build_llama1b_checkpoint), quant)
+        return converted(name, smollm2_checkpoint, quant, **options)
+    return converted(name, lambda: cached(LLAMA1B_NAME, build_llama1b_checkpoint), quant, **options)
 
 
 def weight_bytes_per_token(path: Path) -> int:

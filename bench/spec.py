@@ -17,11 +17,14 @@ decode tok/s = (generated tokens - 1) / (time after the first token), the same f
    `LlamaPromptLookupDecoding(num_pred_tokens=N)` as `draft_model` (which needs logits_all=True) with N=8
    (edgellm's budget) and N=2 (llama-cpp-python's advice for CPUs); the ratio uses the better N.
    Goal: edgellm lookup >= 2x its plain decode (geometric mean over the prompts, on every file).
-2. Draft model: target smollm2-f16, draft smollm2-q4_0, on the three quoting prompts and two open-ended
-   ones; plain vs speculative="draft" with draft_max 4, 8 and 16. Goal: >= 1.5x (geometric mean over the
-   prompts, best draft_max), reported also per kind of prompt. llama-cpp-python has no draft-model
-   decoding, so there is nothing to compare. Next to it, the ceiling any draft could reach on this machine
-   at this moment: the time of one target pass over n tokens and one draft pass over n tokens, measured
+2. Draft model: target smollm2-f16, drafts smollm2-q4_0 (plain conversion) and smollm2-q4_0-awq (the same
+   type calibrated: AWQ scales and importance-weighted rounding from the Python language reference that
+   pydoc ships, a text unrelated to the prompts), on the three quoting prompts and two open-ended ones;
+   plain vs speculative="draft" with draft_max 4, 8 and 16, each draft against its own plain runs. Goal:
+   >= 1.5x (geometric mean over the prompts, best draft and draft_max), reported also per kind of prompt.
+   llama-cpp-python has no draft-model decoding, so there is nothing to compare. Next to it, the ceiling
+   any draft could reach on this machine at this moment: the time of one target pass over n tokens and one
+   draft pass over n tokens (smollm2-q4_0; the calibrated file has the same types and size), measured
    right before and after the section (median of PASS_REPEATS passes after a PASS_CONTEXT-token prompt), and
    the speedup of a draft whose every token is accepted: each step then makes draft_max + 1 tokens for a
    draft pass over 2 tokens (the last draft and the target's token), draft_max - 1 single-token draft passes
@@ -53,6 +56,7 @@ from typing import Any
 
 from run import (
     BenchError,
+    calibration_text,
     converted,
     ensure_llama_cpp,
     log,
@@ -69,6 +73,7 @@ N_BATCH = 512
 LOOKUP_DRAFT_MAX = 8  # edgellm's default draft_max
 LLAMA_LOOKUP_PRED = (8, 2)  # num_pred_tokens: edgellm's budget; llama-cpp-python's README advice for CPUs
 DRAFT_MAXES = (4, 8, 16)
+DRAFTS = ("smollm2-q4_0", "smollm2-q4_0-awq")  # draft files (bench/run.py prepare() names)
 KV_TYPES = ("f16", "f32", "q8_0")
 PPL_TEXT = LICENSES / "GPL-3"
 PPL_CTX = 512
@@ -567,26 +572,28 @@ def kv_table(rows: Rows) -> str:
     return "\n".join(lines)
 
 
-def goals(lookup: Rows, draft: Rows, kv: Rows, ceilings: list[dict[str, Any]]) -> dict[str, Any]:
+def goals(lookup: Rows, draft: dict[str, Rows], kv: Rows, ceilings: list[dict[str, Any]]) -> dict[str, Any]:
     speedups = [r["edgellm"]["speedup"] for r in lookup]
     by_file = {f: geomean([r["edgellm"]["speedup"] for r in lookup if r["file"] == f])
                for f in dict.fromkeys(r["file"] for r in lookup)}
-    per_max = {k: geomean([r["draft"][k]["speedup"] for r in draft]) for k in DRAFT_MAXES}
-    best_k = max(per_max, key=lambda k: per_max[k] or 0.0)
+    per_max = {d: {k: geomean([r["draft"][k]["speedup"] for r in rows]) for k in DRAFT_MAXES}
+               for d, rows in draft.items()}
+    best_d, best_k = max(((d, k) for d in per_max for k in DRAFT_MAXES), key=lambda dk: per_max[dk[0]][dk[1]] or 0.0)
     open_names = {name for name, _ in OPEN_TASKS}
     worst_ppl = max(abs(r["ppl_change_pct_q8_0"]) for r in kv)
     out = {
         "lookup": {"goal": GOAL_LOOKUP, "geomean_speedup_by_file": by_file,
                    "geomean_speedup": geomean(speedups), "min": min(speedups), "max": max(speedups),
                    "met": all((v or 0.0) >= GOAL_LOOKUP for v in by_file.values())},
-        "draft": {"goal": GOAL_DRAFT, "geomean_speedup_by_draft_max": per_max, "best_draft_max": best_k,
+        "draft": {"goal": GOAL_DRAFT, "geomean_speedup_by_draft_max": per_max, "best_draft": best_d,
+                  "best_draft_max": best_k,
                   "geomean_speedup_by_kind": {
-                      kind: geomean([r["draft"][best_k]["speedup"] for r in draft
+                      kind: geomean([r["draft"][best_k]["speedup"] for r in draft[best_d]
                                      if (r["prompt"] in open_names) == (kind == "open")])
                       for kind in ("quote", "open")},
                   "perfect_draft_ceiling": [c["ceiling"] for c in ceilings],
                   "draft_to_target_pass": [c["draft_to_target"] for c in ceilings],
-                  "met": (per_max[best_k] or 0.0) >= GOAL_DRAFT},
+                  "met": (per_max[best_d][best_k] or 0.0) >= GOAL_DRAFT},
         "kv_q8_0_ppl": {"goal_pct": GOAL_PPL_PCT, "worst_abs_change_pct": worst_ppl,
                         "met": worst_ppl <= GOAL_PPL_PCT},
     }
@@ -601,8 +608,9 @@ def summary(g: dict[str, Any]) -> str:
         return "met" if ok else "NOT met"
 
     lk, dr, kv = g["lookup"], g["draft"], g["kv_q8_0_ppl"]
-    k = dr["best_draft_max"]
-    by_max = ", ".join(f"{m}: {fmt(v, '.2f')}x" for m, v in dr["geomean_speedup_by_draft_max"].items())
+    d, k = dr["best_draft"], dr["best_draft_max"]
+    by_max = "; ".join(f"{name}: " + ", ".join(f"{m}: {fmt(v, '.2f')}x" for m, v in per.items())
+                       for name, per in dr["geomean_speedup_by_draft_max"].items())
     by_file = ", ".join(f"{f} {fmt(v, '.2f')}x" for f, v in lk["geomean_speedup_by_file"].items())
     ceil = ", ".join(f"draft_max {m}: " + " / ".join(f"{c[m]:.2f}x" for c in dr["perfect_draft_ceiling"])
                      for m in DRAFT_MAXES)
@@ -612,9 +620,9 @@ def summary(g: dict[str, Any]) -> str:
          f"means {by_file}; all {fmt(lk['geomean_speedup'], '.2f')}x, "
          f"range {lk['min']:.2f}-{lk['max']:.2f}x)"),
         (f"- draft model >= {dr['goal']:.1f}x plain decode: {met(dr['met'])} (geometric mean "
-         f"{fmt(dr['geomean_speedup_by_draft_max'][k], '.2f')}x at draft_max {k}: quoting prompts "
+         f"{fmt(dr['geomean_speedup_by_draft_max'][d][k], '.2f')}x with {d} at draft_max {k}: quoting prompts "
          f"{fmt(dr['geomean_speedup_by_kind']['quote'], '.2f')}x, open-ended "
-         f"{fmt(dr['geomean_speedup_by_kind']['open'], '.2f')}x; by draft_max {by_max}). A draft whose every "
+         f"{fmt(dr['geomean_speedup_by_kind']['open'], '.2f')}x; by draft and draft_max {by_max}). A draft whose every "
          f"token were accepted would reach {ceil} (before / after the section; draft pass / target pass "
          f"{ratio})"),
         (f"- KV q8_0 perplexity within {kv['goal_pct']}% of f16: {met(kv['met'])} (worst "
@@ -654,7 +662,8 @@ def run(opts: argparse.Namespace) -> int:
         ensure_llama_cpp()
     q4_1 = smollm2_q4_1()
     f16 = converted("smollm2-f16", smollm2_checkpoint, "f16")
-    q4_0 = prepare("smollm2-q4_0")
+    drafts = {name: prepare(name) for name in DRAFTS}
+    q4_0 = drafts[DRAFTS[0]]
     files = {"smollm2-q4_1": q4_1, "smollm2-f16": f16}
     quotes = quote_prompts()
     chats = open_prompts()
@@ -665,7 +674,8 @@ def run(opts: argparse.Namespace) -> int:
     lookup = lookup_section(files, quotes, opts, check)
     log("draft ceiling, before the draft section")
     ceilings = [draft_ceiling(f16, q4_0, opts.threads)]
-    draft = draft_section(("smollm2-f16", f16), ("smollm2-q4_0", q4_0), quotes + chats, opts, check)
+    draft = {name: draft_section(("smollm2-f16", f16), (name, path), quotes + chats, opts, check)
+             for name, path in drafts.items()}
     log("draft ceiling, after the draft section")
     ceilings.append(draft_ceiling(f16, q4_0, opts.threads))
     kv = kv_section(files, quotes[0], opts)
@@ -683,8 +693,9 @@ def run(opts: argparse.Namespace) -> int:
           f"speedup and ratio at the better N. speedup = lookup / plain decode tok/s of the same engine. "
           f"llama.cpp's greedy text can differ from edgellm's, and its lookup text from its plain text "
           f"(batched and single-token evaluation round differently), which changes what there is to copy.")
-    print(f"\n## 2. Draft model: smollm2-f16 + draft smollm2-q4_0 ({settings})\n")
-    print(draft_table(draft))
+    for name, rows in draft.items():
+        print(f"\n## 2. Draft model: smollm2-f16 + draft {name} ({settings})\n")
+        print(draft_table(rows))
     print("\nllama-cpp-python 0.3.36 has no draft-model speculative decoding (only prompt lookup), so there "
           "is no llama.cpp column.")
     print(f"\n## 3. KV cache types (n_ctx {N_CTX}; perplexity of {PPL_TEXT} in windows of {PPL_CTX} tokens; "
@@ -709,7 +720,8 @@ def run(opts: argparse.Namespace) -> int:
                      "draft_maxes": DRAFT_MAXES, "kv_types": KV_TYPES, "ppl_text": str(PPL_TEXT),
                      "ppl_n_ctx": PPL_CTX},
         "files": {name: {"path": str(p), "size_bytes": p.stat().st_size}
-                  for name, p in {**files, "smollm2-q4_0": q4_0}.items()},
+                  for name, p in {**files, **drafts}.items()},
+        "calibration_text": str(calibration_text()),
         "prompts": [{"name": p.name, "source": p.source, "messages": p.messages} for p in quotes + chats],
         "lookup": lookup, "draft": draft, "kv": kv, "goals": g, "greedy_mismatches": check.mismatches,
         "elapsed_s": elapsed, "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
