@@ -200,10 +200,7 @@ using TileStepFn = void (*)(const TileStep&);
 
 TileStepFn pick_tile_step() {
 #if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-        return tile_step_avx512;
+    if (vmath::has_avx512()) return tile_step_avx512;
     if (__builtin_cpu_supports("avx2")) return tile_step_avx2;
 #endif
     return tile_step_generic;

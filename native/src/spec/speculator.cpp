@@ -49,10 +49,7 @@ float top_probability(const float* row, int32_t n) {
     using Fn = float (*)(const float*, int32_t);
     static const Fn fn = [] {
 #if defined(__x86_64__) && defined(__GNUC__)
-        __builtin_cpu_init();
-        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
-            return &top_probability_avx512;
+        if (vmath::has_avx512()) return &top_probability_avx512;
 #endif
         return &top_probability_generic;
     }();
