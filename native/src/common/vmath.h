@@ -1,7 +1,8 @@
 // Element-wise math on 16 floats at a time, written with the compiler's vector extensions so that
 // the same source lowers to whatever registers the target has (1 zmm, 2 ymm, 4 xmm, NEON, WASM
-// SIMD). Only element-wise arithmetic: no reductions, so every lowering gives the same bits (the
-// library is built without FMA contraction).
+// SIMD). Element-wise arithmetic, and horizontal sums and maxima in one fixed order written out
+// (never left to the compiler), so every lowering gives the same bits (the library is built
+// without FMA contraction).
 #pragma once
 
 #include <cstdint>
@@ -56,6 +57,21 @@ __attribute__((always_inline)) inline f32x16 exp16(const f32x16& in) {
     f32x16 scale;
     std::memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+// The sum and the maximum of the 16 lanes, in a fixed tree (halves, quarters, ...) of element-wise
+// steps, so that every lowering gives the same bits.
+__attribute__((always_inline)) inline float hsum16(f32x16 v) {
+    v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+    v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+    return v[0] + v[1];
+}
+__attribute__((always_inline)) inline float hmax16(f32x16 v) {
+    v = max16(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+    v = max16(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3));
+    v = max16(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1));
+    return v[0] > v[1] ? v[0] : v[1];
 }
 
 __attribute__((always_inline)) inline float exp1(float x) {

@@ -12,8 +12,9 @@
 //
 // The per-(token, tile) step is plain loops over fixed chunks of 16 floats that the compiler keeps
 // in registers; it is compiled three times (AVX-512, AVX2, baseline) and picked at run time. The
-// loops only vectorise across independent elements (never a reduction) and the library is built
-// without FMA contraction, so every variant gives the same bits.
+// loops vectorise across independent elements, the tile's maximum and sum of weights reduce their
+// 16 lanes in one fixed order (common/vmath.h), and the library is built without FMA contraction,
+// so every variant gives the same bits.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -66,7 +67,8 @@ struct TileStep {
     float* acc;        // (head_dim): running sum of exp(score - m) * value
 };
 
-// 16 values from f32 or f16 storage; Cvt converts 16 f16 with the variant's instructions.
+// 16 values from f32 or f16 storage; Cvt converts 16 f16, and takes 16 maxima, with the variant's
+// instructions (a comparison of 16-float vectors is lowered one lane at a time below AVX-512).
 // (Not forced inline: the variants below are flattened, which inlines these into a function of the
 // variant's instruction set, where Cvt's intrinsics may be inlined.)
 template <class Cvt>
@@ -109,30 +111,39 @@ inline void weigh_values(const float* s, const E* v, int64_t a, int64_t b, int64
 
 template <class E, class Cvt>
 inline void tile_step_body(const TileStep& t) {
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
     const int64_t hd = t.hd, a = t.a, b = t.b;
-    const int64_t c0 = a / kChunk * kChunk;  // chunks [c0, b) of 16 keys cover [a, b)
+    const int64_t c0 = a / kChunk * kChunk;  // chunks [c0, c1) of 16 keys cover [a, b)
+    const int64_t nc = (b - c0 + kChunk - 1) / kChunk, c1 = c0 + nc * kChunk;
     const E* kt = static_cast<const E*>(t.kt);
     const E* v = static_cast<const E*>(t.v);
     float* s = t.s;
-    // scores (keys outside [a, b) in a chunk are computed and ignored)
-    switch ((b - c0 + kChunk - 1) / kChunk) {
+    // scores; the keys of the chunks outside [a, b) score -inf
+    switch (nc) {
         case 1: scores<E, Cvt, 1>(t.q, kt + c0, hd, t.scale, s + c0); break;
         case 2: scores<E, Cvt, 2>(t.q, kt + c0, hd, t.scale, s + c0); break;
         case 3: scores<E, Cvt, 3>(t.q, kt + c0, hd, t.scale, s + c0); break;
         default: scores<E, Cvt, 4>(t.q, kt + c0, hd, t.scale, s + c0); break;
     }
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = a; j < b; ++j) mx = std::max(mx, s[j]);
+    for (int64_t j = c0; j < a; ++j) s[j] = kNegInf;
+    for (int64_t j = b; j < c1; ++j) s[j] = kNegInf;
+    f32x16 mx16 = load16(s + c0);
+    for (int64_t jc = c0 + kChunk; jc < c1; jc += kChunk) mx16 = Cvt::max(mx16, load16(s + jc));
+    const float mx = vmath::hmax16(mx16);
     if (mx > *t.m) {  // rescale what was summed under the old maximum
-        const float c = *t.m == -std::numeric_limits<float>::infinity() ? 0.0f : exp1(*t.m - mx);
+        const float c = *t.m == kNegInf ? 0.0f : exp1(*t.m - mx);
         *t.l *= c;
         for (int64_t d = 0; d < hd; ++d) t.acc[d] *= c;
         *t.m = mx;
     }
-    for (int64_t jc = c0; jc < b; jc += kChunk) store16(s + jc, exp16(load16(s + jc) - *t.m));
-    float l = *t.l;
-    for (int64_t j = a; j < b; ++j) l += s[j];
-    *t.l = l;
+    // weights exp(score - max), 0 outside [a, b); their sum lane by lane, then across the lanes
+    const f32x16 m = f32x16{} + *t.m;
+    for (int64_t jc = c0; jc < c1; jc += kChunk) store16(s + jc, exp16(load16(s + jc) - m));
+    for (int64_t j = c0; j < a; ++j) s[j] = 0.0f;
+    for (int64_t j = b; j < c1; ++j) s[j] = 0.0f;
+    f32x16 l16 = load16(s + c0);
+    for (int64_t jc = c0 + kChunk; jc < c1; jc += kChunk) l16 += load16(s + jc);
+    *t.l += vmath::hsum16(l16);
     // values, 16 dims at a time, summed over the keys in order
     const int64_t hd16 = hd / kChunk * kChunk;
     int64_t dc = 0;
@@ -155,6 +166,7 @@ struct CvtScalar {
         for (int i = 0; i < 16; ++i) r[i] = half_to_float(p[i]);
         return r;
     }
+    static f32x16 max(const f32x16& a, const f32x16& b) { return vmath::max16(a, b); }
 };
 
 __attribute__((flatten)) void tile_step_generic(const TileStep& t) {
@@ -173,12 +185,32 @@ struct CvtAvx2 {
         std::memcpy(reinterpret_cast<char*>(&r) + 32, &hi, 32);
         return r;
     }
+    __attribute__((target("avx2,f16c"))) static inline f32x16 max(const f32x16& a, const f32x16& b) {
+        __m256 x[2], y[2];
+        std::memcpy(x, &a, 64);
+        std::memcpy(y, &b, 64);
+        x[0] = _mm256_max_ps(x[0], y[0]);
+        x[1] = _mm256_max_ps(x[1], y[1]);
+        f32x16 r;
+        std::memcpy(&r, x, 64);
+        return r;
+    }
 };
 struct CvtAvx512 {
     __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) static inline f32x16 load(const uint16_t* p) {
         const __m512 v = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
         f32x16 r;
         std::memcpy(&r, &v, 64);
+        return r;
+    }
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) static inline f32x16 max(const f32x16& a,
+                                                                                         const f32x16& b) {
+        __m512 x, y;
+        std::memcpy(&x, &a, 64);
+        std::memcpy(&y, &b, 64);
+        x = _mm512_max_ps(x, y);
+        f32x16 r;
+        std::memcpy(&r, &x, 64);
         return r;
     }
 };
