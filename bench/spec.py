@@ -20,7 +20,9 @@ decode tok/s = (generated tokens - 1) / (time after the first token), the same f
 2. Draft model: target smollm2-f16, drafts smollm2-q4_0 (plain conversion) and smollm2-q4_0-awq (the same
    type calibrated: AWQ scales and importance-weighted rounding from the Python language reference that
    pydoc ships, a text unrelated to the prompts), on the three quoting prompts and two open-ended ones;
-   plain vs speculative="draft" with draft_max 4, 8 and 16, each draft against its own plain runs. Goal:
+   plain vs speculative="draft" with draft_max 4, 8 and 16, all configurations interleaved prompt by prompt
+   (the host's speed drifts by tens of percent over minutes; run one after another, the later configuration
+   loses), the warm-up once per configuration. Goal:
    >= 1.5x (geometric mean over the prompts, best draft and draft_max), reported also per kind of prompt.
    llama-cpp-python has no draft-model decoding, so there is nothing to compare. Next to it, the ceiling
    any draft could reach on this machine at this moment: the time of one target pass over n tokens and one
@@ -430,35 +432,62 @@ def draft_ceiling(target: Path, draft: Path, threads: int) -> dict[str, Any]:
     return {"target_pass_ms": v, "draft_pass_ms": d, "draft_to_target": d[1] / v[1], "ceiling": ceiling}
 
 
-def draft_section(target: tuple[str, Path], draft: tuple[str, Path], prompts: list[Prompt],
-                  opts: argparse.Namespace, check: GreedyCheck) -> Rows:
+def draft_section(target: tuple[str, Path], drafts: dict[str, Path], prompts: list[Prompt],
+                  opts: argparse.Namespace, check: GreedyCheck) -> dict[str, Rows]:
+    """Plain decoding and every (draft, draft_max) configuration, interleaved: each repeat runs every
+    configuration on a prompt before the next prompt, so a slow drift of the host's speed (it moves by
+    tens of percent over minutes here) falls on all of them alike. One LLM per draft file, each with the
+    target; plain runs take the first."""
     name, path = target
-    per_max: dict[int, dict[str, Measurement]] = {}
-    plain: dict[str, Measurement] = {}
-    for k in DRAFT_MAXES:
-        log(f"draft model, {name} + {draft[0]}, draft_max {k}")
-        llm = open_edgellm(path, opts.threads, draft_model=draft[1], draft_max=k)
-        if not plain:
-            plain = measure(edgellm_runner(llm, opts.gen_tokens, None), prompts, opts.repeats, "plain")
-            for p, m in plain.items():
-                if (name, p) in check.reference:
-                    check.check(name, "plain (section 2)", {p: m})
-                else:
-                    check.plain(name, {p: m})
-        per_max[k] = measure(edgellm_runner(llm, opts.gen_tokens, "draft"), prompts, opts.repeats,
-                             f"draft_max {k}")
-        check.check(name, f"draft (draft_max {k})", per_max[k])
+    llms = {d: open_edgellm(path, opts.threads, draft_model=p, draft_max=DRAFT_MAXES[0])
+            for d, p in drafts.items()}
+    first = next(iter(llms.values()))
+
+    def runner(d: str | None, k: int) -> Runner:
+        llm = first if d is None else llms[d]
+        run_one = edgellm_runner(llm, opts.gen_tokens, None if d is None else "draft")
+
+        def run(p: Prompt) -> Trial:
+            llm.draft_max = k
+            return run_one(p)
+
+        return run
+
+    configs: list[tuple[str | None, int]] = [(None, 0)] + [(d, k) for d in drafts for k in DRAFT_MAXES]
+    log(f"draft model, {name} + {' / '.join(drafts)}, draft_max {' / '.join(map(str, DRAFT_MAXES))}, "
+        f"interleaved")
+    for c in configs:  # one warm-up run per configuration
+        runner(*c)(prompts[0])
+    results: dict[tuple[str | None, int], dict[str, Measurement]] = {c: {} for c in configs}
+    for _ in range(opts.repeats):
+        for p in prompts:
+            for c in configs:
+                results[c].setdefault(p.name, Measurement()).trials.append(runner(*c)(p))
+    for c, per_prompt in results.items():
+        label = "plain" if c[0] is None else f"{c[0]} draft_max {c[1]}"
+        for p in prompts:
+            b = per_prompt[p.name].best
+            acc = f", accepted {b.accepted_tokens}/{b.drafted_tokens}" if b.drafted_tokens else ""
+            log(f"  {label}, {p.name}: {b.generated_tokens} tokens, decode {b.decode_tok_s:.1f} tok/s{acc}")
+    for llm in llms.values():
         release(llm)
-    rows = []
-    for p in prompts:
-        base = plain[p.name].best
-        rows.append({
+    plain = results[(None, 0)]
+    for p, m in plain.items():
+        if (name, p) in check.reference:
+            check.check(name, "plain (section 2)", {p: m})
+        else:
+            check.plain(name, {p: m})
+    out: dict[str, Rows] = {}
+    for d in drafts:
+        for k in DRAFT_MAXES:
+            check.check(name, f"draft {d} (draft_max {k})", results[(d, k)])
+        out[d] = [{
             "prompt": p.name, "plain": plain[p.name].to_json(),
-            "draft": {k: {**per_max[k][p.name].to_json(),
-                          "speedup": per_max[k][p.name].best.decode_tok_s / base.decode_tok_s}
+            "draft": {k: {**results[(d, k)][p.name].to_json(),
+                          "speedup": results[(d, k)][p.name].best.decode_tok_s / plain[p.name].best.decode_tok_s}
                       for k in DRAFT_MAXES},
-        })
-    return rows
+        } for p in prompts]
+    return out
 
 
 def kv_section(files: dict[str, Path], prompt: Prompt, opts: argparse.Namespace) -> Rows:
@@ -674,8 +703,7 @@ def run(opts: argparse.Namespace) -> int:
     lookup = lookup_section(files, quotes, opts, check)
     log("draft ceiling, before the draft section")
     ceilings = [draft_ceiling(f16, q4_0, opts.threads)]
-    draft = {name: draft_section(("smollm2-f16", f16), (name, path), quotes + chats, opts, check)
-             for name, path in drafts.items()}
+    draft = draft_section(("smollm2-f16", f16), drafts, quotes + chats, opts, check)
     log("draft ceiling, after the draft section")
     ceilings.append(draft_ceiling(f16, q4_0, opts.threads))
     kv = kv_section(files, quotes[0], opts)
