@@ -22,7 +22,10 @@ decode tok/s = (generated tokens - 1) / (time after the first token), the same f
    pydoc ships, a text unrelated to the prompts), on the three quoting prompts and two open-ended ones;
    plain vs speculative="draft" with draft_max 4, 8 and 16, all configurations interleaved prompt by prompt
    (the host's speed drifts by tens of percent over minutes; run one after another, the later configuration
-   loses), the warm-up once per configuration. Goal:
+   loses), the warm-up once per configuration, at least DRAFT_MIN_REPEATS repeats. A prompt's speedup is
+   the median over repeats of draft / plain decode tok/s within the same repeat: paired runs seconds apart
+   (best over best, also reported, follows single fast or slow outliers: the host once ran five plain runs
+   in a row 25% faster than every run before and after). Goal:
    >= 1.5x (geometric mean over the prompts, best draft and draft_max), reported also per kind of prompt.
    llama-cpp-python has no draft-model decoding, so there is nothing to compare. Next to it, the ceiling
    any draft could reach on this machine at this moment: the time of one target pass over n tokens and one
@@ -75,6 +78,7 @@ N_BATCH = 512
 LOOKUP_DRAFT_MAX = 8  # edgellm's default draft_max
 LLAMA_LOOKUP_PRED = (8, 2)  # num_pred_tokens: edgellm's budget; llama-cpp-python's README advice for CPUs
 DRAFT_MAXES = (4, 8, 16)
+DRAFT_MIN_REPEATS = 3  # the draft section's speedups are medians of paired ratios: at least 3 pairs
 DRAFTS = ("smollm2-q4_0", "smollm2-q4_0-awq")  # draft files (bench/run.py prepare() names)
 KV_TYPES = ("f16", "f32", "q8_0")
 PPL_TEXT = LICENSES / "GPL-3"
@@ -459,7 +463,8 @@ def draft_section(target: tuple[str, Path], drafts: dict[str, Path], prompts: li
     for c in configs:  # one warm-up run per configuration
         runner(*c)(prompts[0])
     results: dict[tuple[str | None, int], dict[str, Measurement]] = {c: {} for c in configs}
-    for _ in range(opts.repeats):
+    repeats = opts.repeats if opts.quick else max(opts.repeats, DRAFT_MIN_REPEATS)
+    for _ in range(repeats):
         for p in prompts:
             for c in configs:
                 results[c].setdefault(p.name, Measurement()).trials.append(runner(*c)(p))
@@ -484,10 +489,21 @@ def draft_section(target: tuple[str, Path], drafts: dict[str, Path], prompts: li
         out[d] = [{
             "prompt": p.name, "plain": plain[p.name].to_json(),
             "draft": {k: {**results[(d, k)][p.name].to_json(),
-                          "speedup": results[(d, k)][p.name].best.decode_tok_s / plain[p.name].best.decode_tok_s}
+                          **paired_speedup(results[(d, k)][p.name], plain[p.name])}
                       for k in DRAFT_MAXES},
         } for p in prompts]
     return out
+
+
+def paired_speedup(spec: Measurement, plain: Measurement) -> dict[str, Any]:
+    """speedup: the median over repeats of speculative / plain decode tok/s of the same repeat (measured
+    seconds apart, so the host's drift cancels); speedup_of_best: best over best, for reference (one fast
+    outlier of either side moves it)."""
+    import statistics
+
+    ratios = [t.decode_tok_s / b.decode_tok_s for t, b in zip(spec.trials, plain.trials)]
+    return {"speedup": statistics.median(ratios), "speedup_ratios": ratios,
+            "speedup_of_best": spec.best.decode_tok_s / plain.best.decode_tok_s}
 
 
 def kv_section(files: dict[str, Path], prompt: Prompt, opts: argparse.Namespace) -> Rows:
@@ -724,6 +740,9 @@ def run(opts: argparse.Namespace) -> int:
     for name, rows in draft.items():
         print(f"\n## 2. Draft model: smollm2-f16 + draft {name} ({settings})\n")
         print(draft_table(rows))
+    print(f"\ntok/s: the best of the repeats; speedup: the median over {max(opts.repeats, DRAFT_MIN_REPEATS)} "
+          f"repeats (--quick: {opts.repeats}) of draft / plain tok/s in the same repeat (all configurations "
+          f"interleaved prompt by prompt).")
     print("\nllama-cpp-python 0.3.36 has no draft-model speculative decoding (only prompt lookup), so there "
           "is no llama.cpp column.")
     print(f"\n## 3. KV cache types (n_ctx {N_CTX}; perplexity of {PPL_TEXT} in windows of {PPL_CTX} tokens; "
