@@ -79,6 +79,37 @@ def test_quantized_logits_match_transformers_on_the_same_file(isa, convert_tiny,
     assert np.abs(np.stack(rows) - batched).max() < 1e-4
 
 
+@pytest.mark.parametrize("kv_type", ["f16", "f32", "q8_0"])
+def test_every_isa_gives_the_same_bits(convert_tiny, kv_type):
+    """The integer matmul path and attention (f16 keys read in place, f32, q8_0 tiles) promise the same bits on
+    every instruction set: integer dot products, reductions in one fixed order, no FMA contraction. 100 tokens
+    span two key tiles of 64, the second partly filled; batched and token-by-token evaluation both."""
+    available = [name for name in ISAS if _available(name)]
+    if len(available) < 2:
+        pytest.skip("this CPU runs one instruction set only")
+    path = convert_tiny("llama_spm", "q4_0")
+    prompt = [int(i) for i in np.random.default_rng(11).integers(3, 1000, size=100)]
+    before = edgellm.isa()
+    got = {}
+    try:
+        for name in available:
+            edgellm.set_isa(name)
+            with LLM(path, n_ctx=128, n_threads=2, kv_type=kv_type) as m:
+                batched = np.array(m.logits(prompt))
+                m.truncate(90)
+                steps = []
+                for t in prompt[90:]:
+                    m.eval([t])
+                    steps.append(np.array(m.last_logits()[-1]))
+            got[name] = (batched, np.stack(steps))
+    finally:
+        edgellm.set_isa(before)
+    ref = got[available[0]]
+    for name in available[1:]:
+        assert got[name][0].tobytes() == ref[0].tobytes(), f"{name} vs {available[0]}: batched logits differ"
+        assert got[name][1].tobytes() == ref[1].tobytes(), f"{name} vs {available[0]}: decoded logits differ"
+
+
 def test_smollm2_agreement_and_chat(isa):
     from pathlib import Path
 

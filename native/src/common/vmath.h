@@ -80,18 +80,6 @@ __attribute__((always_inline)) inline float exp1(float x) {
     return exp16(v)[0];
 }
 
-// True when the CPU runs the AVX-512 subsets (F, VL, BW, DQ) that the callers' AVX-512 variants of
-// code built on these helpers are compiled for; false off x86.
-inline bool has_avx512() {
-#if defined(__x86_64__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-#else
-    return false;
-#endif
-}
-
 }  // namespace edgellm::vmath
 
 #pragma GCC diagnostic pop

@@ -11,7 +11,8 @@
 // so token-by-token decode and batched prefill give the same numbers.
 //
 // The per-(token, tile) step is plain loops over fixed chunks of 16 floats that the compiler keeps
-// in registers; it is compiled three times (AVX-512, AVX2, baseline) and picked at run time. The
+// in registers; it is compiled three times (AVX-512, AVX2, baseline) and picked at run time (with
+// the matmul kernels' instruction set, so set_isa() switches both). The
 // loops vectorise across independent elements, the tile's maximum and sum of weights reduce their
 // 16 lanes in one fixed order (common/vmath.h), and the library is built without FMA contraction,
 // so every variant gives the same bits.
@@ -28,6 +29,7 @@
 #include "common/vmath.h"
 #include "model/kv_cache.h"
 #include "model/ops.h"
+#include "ops/matmul_kernels.h"
 
 // The vector helpers below are inlined into each ISA variant; their ABI never crosses a call.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -230,11 +232,14 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"), flatten)) void tile
 
 using TileStepFn = void (*)(const TileStep&);
 
-TileStepFn pick_tile_step() {
+// The variant of the instruction set the matmul kernels run (the CPU's best, or what set_isa()
+// chose: the tests switch it to run every variant). That set's CPU check covers this file's needs.
+TileStepFn tile_step_for(ops::detail::Isa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (vmath::has_avx512()) return tile_step_avx512;
-    if (__builtin_cpu_supports("avx2")) return tile_step_avx2;
+    if (isa == ops::detail::Isa::Avx512) return tile_step_avx512;
+    if (isa == ops::detail::Isa::Avx2) return tile_step_avx2;
 #endif
+    (void)isa;
     return tile_step_generic;
 }
 
@@ -246,7 +251,7 @@ void attention(Forward& f, int64_t il, int64_t window) {
     static_assert(kTile == KvCache::kTile, "attention tiles are the cache's key tiles");
     const int64_t group = hp.n_head / hp.n_head_kv;
     const float scale = hp.attn_scale;
-    static const TileStepFn tile_step = pick_tile_step();
+    const TileStepFn tile_step = tile_step_for(ops::detail::best_isa());
 
     // 1. This chunk's keys and values go into the cache first: every token then reads all its keys,
     // its own chunk's included, from the same f16 storage.

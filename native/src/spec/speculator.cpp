@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/vmath.h"
+#include "ops/matmul_kernels.h"
 
 // The vector helpers are inlined into each ISA variant; their ABI never crosses a call.
 #pragma GCC diagnostic ignored "-Wpsabi"
@@ -45,15 +46,12 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"), flatten)) float top
 }
 #endif
 
+// The variant of the instruction set the matmul kernels run (set_isa() switches both).
 float top_probability(const float* row, int32_t n) {
-    using Fn = float (*)(const float*, int32_t);
-    static const Fn fn = [] {
 #if defined(__x86_64__) && defined(__GNUC__)
-        if (vmath::has_avx512()) return &top_probability_avx512;
+    if (ops::detail::best_isa() == ops::detail::Isa::Avx512) return top_probability_avx512(row, n);
 #endif
-        return &top_probability_generic;
-    }();
-    return fn(row, n);
+    return top_probability_generic(row, n);
 }
 
 double prob_of(const std::vector<TokenProb>& d, int32_t id) {
