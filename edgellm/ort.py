@@ -236,7 +236,8 @@ class OnnxLLM(LLM):
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
                  n_batch: int = 512, seed: int | None = 0, kv_type: str = "f16", vocab_only: bool = False,
-                 draft_model: str | os.PathLike | None = None, draft_max: int = 8):
+                 draft_model: str | os.PathLike | None = None, draft_max: int = 8,
+                 draft_p_min: float | None = None):
         if model_path is None:
             raise InvalidArgumentError("model_path: OnnxLLM needs a folder made by `edgellm convert --format "
                                        "onnx`")
@@ -252,6 +253,7 @@ class OnnxLLM(LLM):
         self.seed = seed
         self.draft_path = None
         self.draft_max = draft_max
+        self.draft_p_min = draft_p_min  # no draft model here: kept for the signature
         self.meta = meta
         self._model: Any = _core.Model(str(folder / TOKENIZER_NAME), True)
         self._ctx: Any = None

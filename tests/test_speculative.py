@@ -214,6 +214,23 @@ def test_draft_stops_below_p_min(tiny_pair, prompt):
     assert drafted["above"] == 0 and drafted["below"] >= 1, (top, drafted)
 
 
+def test_draft_p_min_reaches_the_core(tiny_pair):
+    """LLM(draft_p_min=): 1.0 stops every draft before its first token (a tiny random draft is never that
+    sure), 0.0 drafts every step; the greedy text is plain decoding's either way."""
+    target, draft = tiny_pair
+    with LLM(target, n_ctx=256, n_threads=1) as plain:
+        ref = plain.generate(PROMPT_IDS, 24, temperature=0.0)
+    drafted = {}
+    for p_min in (1.0, 0.0):
+        with LLM(target, n_ctx=256, n_threads=1, draft_model=draft, draft_p_min=p_min) as llm:
+            assert llm.generate(PROMPT_IDS, 24, temperature=0.0, speculative="draft") == ref
+            drafted[p_min] = llm.last_stats.drafted_tokens
+    assert drafted[1.0] == 0 and drafted[0.0] > 0, drafted
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(InvalidArgumentError, match="draft_p_min"):
+            LLM(target, n_ctx=64, draft_p_min=bad)
+
+
 def test_draft_with_another_vocabulary_is_refused(convert_tiny):
     with pytest.raises(InvalidArgumentError, match="draft model .*(vocabulary|token)"):
         LLM(convert_tiny("llama"), n_ctx=64, draft_model=convert_tiny("llama_spm"))
@@ -250,3 +267,7 @@ def test_cli_run_lookup_and_draft_report_drafted_tokens():
     assert "draft: drafted " in draft.stderr
     both = run_cli("run", model, "-p", prompt, "--lookup", "--draft", model)
     assert both.returncode != 0 and "choose one" in both.stderr
+    no_draft = run_cli("run", model, "-p", prompt, "--lookup", "--draft-p-min", "0.5")
+    assert no_draft.returncode != 0 and "--draft-p-min: applies to a draft model" in no_draft.stderr
+    bad = run_cli("run", model, "-p", prompt, "--draft", model, "--draft-p-min", "2")
+    assert bad.returncode != 0 and "--draft-p-min" in bad.stderr
