@@ -12,10 +12,10 @@
 //
 // The per-(token, tile) step is plain loops over fixed chunks of 16 floats that the compiler keeps
 // in registers; it is compiled three times (AVX-512, AVX2, baseline) and picked at run time (with
-// the matmul kernels' instruction set, so set_isa() switches both). The
-// loops vectorise across independent elements, the tile's maximum and sum of weights reduce their
-// 16 lanes in one fixed order (common/vmath.h), and the library is built without FMA contraction,
-// so every variant gives the same bits.
+// the matmul kernels' instruction set, so set_isa() switches both). The loops vectorise across
+// independent elements, the tile's maximum and sum of weights reduce their 16 lanes in one fixed
+// order (common/vmath.h), and the library is built without FMA contraction, so every variant gives
+// the same bits.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
