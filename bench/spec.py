@@ -463,8 +463,7 @@ def draft_section(target: tuple[str, Path], drafts: dict[str, Path], prompts: li
     for c in configs:  # one warm-up run per configuration
         runner(*c)(prompts[0])
     results: dict[tuple[str | None, int], dict[str, Measurement]] = {c: {} for c in configs}
-    repeats = opts.repeats if opts.quick else max(opts.repeats, DRAFT_MIN_REPEATS)
-    for _ in range(repeats):
+    for _ in range(draft_repeats(opts)):
         for p in prompts:
             for c in configs:
                 results[c].setdefault(p.name, Measurement()).trials.append(runner(*c)(p))
@@ -493,6 +492,11 @@ def draft_section(target: tuple[str, Path], drafts: dict[str, Path], prompts: li
                       for k in DRAFT_MAXES},
         } for p in prompts]
     return out
+
+
+def draft_repeats(opts: argparse.Namespace) -> int:
+    """Timed repeats of the draft section: --repeats, at least DRAFT_MIN_REPEATS unless --quick."""
+    return opts.repeats if opts.quick else max(opts.repeats, DRAFT_MIN_REPEATS)
 
 
 def paired_speedup(spec: Measurement, plain: Measurement) -> dict[str, Any]:
@@ -740,9 +744,8 @@ def run(opts: argparse.Namespace) -> int:
     for name, rows in draft.items():
         print(f"\n## 2. Draft model: smollm2-f16 + draft {name} ({settings})\n")
         print(draft_table(rows))
-    print(f"\ntok/s: the best of the repeats; speedup: the median over {max(opts.repeats, DRAFT_MIN_REPEATS)} "
-          f"repeats (--quick: {opts.repeats}) of draft / plain tok/s in the same repeat (all configurations "
-          f"interleaved prompt by prompt).")
+    print(f"\ntok/s: the best of the repeats; speedup: the median over {draft_repeats(opts)} repeats of draft / "
+          f"plain tok/s in the same repeat (all configurations interleaved prompt by prompt).")
     print("\nllama-cpp-python 0.3.36 has no draft-model speculative decoding (only prompt lookup), so there "
           "is no llama.cpp column.")
     print(f"\n## 3. KV cache types (n_ctx {N_CTX}; perplexity of {PPL_TEXT} in windows of {PPL_CTX} tokens; "

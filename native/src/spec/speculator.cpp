@@ -25,13 +25,12 @@ inline float top_probability_body(const float* row, int32_t n) {
     if (n16 > 0) {
         f32x16 m = load16(row);
         for (int32_t i = 16; i < n16; i += 16) m = max16(load16(row + i), m);
-        for (int i = 0; i < 16; ++i) mx = std::max(mx, m[i]);
+        mx = hmax16(m);
     }
     for (int32_t i = n16; i < n; ++i) mx = std::max(mx, row[i]);
     f32x16 z = {};
     for (int32_t i = 0; i < n16; i += 16) z += exp16(load16(row + i) - mx);
-    float sum = 0.0f;
-    for (int i = 0; i < 16; ++i) sum += z[i];
+    float sum = hsum16(z);
     for (int32_t i = n16; i < n; ++i) sum += exp1(row[i] - mx);
     return 1.0f / sum;
 }
