@@ -160,18 +160,31 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
                 fail(std::string(tname) + " k=" + std::to_string(k) + " " + ops::detail::isa_name(isa) +
                      ": dequantizer differs from quant::dequantize");
         }
-        // packed once: the bits of packing per call
+        // packed once (into memory of its own, and at an offset into a shared block whose bytes around it
+        // must stay untouched): the bits of packing per call
         if (integer) {
-            const std::unique_ptr<ops::Packed> P = ops::pack(W.bytes.data(), type, rows, k, pools[2]);
-            for (int64_t nt : {int64_t(1), int64_t(3), max_tokens}) {
-                std::vector<float> a(static_cast<size_t>(nt * rows)), b(a.size());
-                ops::matmul(W.bytes.data(), type, rows, k, x.data(), nt, a.data(), *pools[1]);
-                ops::matmul(*P, x.data(), nt, b.data(), *pools[1]);
-                if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
-                    fail(std::string(tname) + " k=" + std::to_string(k) + " rows=" + std::to_string(rows) +
-                         ": packed weight differs from per-call packing");
-            }
-        } else if (ops::pack(W.bytes.data(), type, rows, k, nullptr)) {
+            const size_t pb = ops::packed_bytes(type, rows, k);
+            const std::shared_ptr<uint8_t> block = ops::huge_page_memory(pb + 192);
+            std::memset(block.get(), 0xA5, pb + 192);
+            const std::unique_ptr<ops::Packed> Ps[2] = {ops::pack(W.bytes.data(), type, rows, k, pools[2]),
+                                                        ops::pack(W.bytes.data(), type, rows, k, pools[2], block, 128)};
+            if (Ps[0]->bytes() != pb || Ps[1]->bytes() != pb || Ps[1]->data() != block.get() + 128)
+                fail(std::string(tname) + " k=" + std::to_string(k) + ": packed_bytes() or the block's offset is off");
+            for (size_t i = 0; i < pb + 192; i = i + 1 == 128 ? 128 + pb : i + 1)
+                if (block.get()[i] != 0xA5) {
+                    fail(std::string(tname) + " k=" + std::to_string(k) + ": pack() wrote outside its bytes");
+                    break;
+                }
+            for (const std::unique_ptr<ops::Packed>& P : Ps)
+                for (int64_t nt : {int64_t(1), int64_t(3), max_tokens}) {
+                    std::vector<float> a(static_cast<size_t>(nt * rows)), b(a.size());
+                    ops::matmul(W.bytes.data(), type, rows, k, x.data(), nt, a.data(), *pools[1]);
+                    ops::matmul(*P, x.data(), nt, b.data(), *pools[1]);
+                    if (std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) != 0)
+                        fail(std::string(tname) + " k=" + std::to_string(k) + " rows=" + std::to_string(rows) +
+                             ": packed weight differs from per-call packing");
+                }
+        } else if (ops::pack(W.bytes.data(), type, rows, k, nullptr) || ops::packed_bytes(type, rows, k) != 0) {
             fail(std::string(tname) + ": a float type was packed");
         }
         // several raw weights in one call (the weight twice, then a shorter slice of it): the bits of

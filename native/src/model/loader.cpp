@@ -1,6 +1,9 @@
 // TensorLoader and load_weights: tensor lookup with shape, type and alignment checks, then the
 // quantized matrices repacked for the integer kernels.
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <string>
 
@@ -45,19 +48,51 @@ void release_pages(const uint8_t* p, size_t n) {
 #endif
 }
 
-// Packs every quantized matrix (the work split over the cores), then releases its mapped pages.
+// Every weight matrix moves into one block of huge-page memory (ops::huge_page_memory): the quantized
+// ones repacked for the integer kernels (the work split over the cores), the float ones copied. Read
+// in place from the file's map they would run on 4 KiB pages, a TLB miss every 4 KiB of a matrix
+// (SmolLM2 f16 decode: 150 -> 159 tok/s). The mapped pages they came from are then released.
 void pack_weights(Weights& w) {
     ThreadPool pool(0);
-    auto pack = [&](Matrix& m) {
-        if (!m || m.packed) return;
-        std::shared_ptr<const ops::Packed> p = ops::pack(m.data, m.type, m.rows, m.cols, &pool);
-        if (!p) return;
-        m.packed = std::move(p);
-        release_pages(m.data, quant::row_size(m.type, m.cols) * static_cast<size_t>(m.rows));
+    const bool tied = w.output.data == w.token_embd.data;
+    std::vector<Matrix*> all;
+    auto add = [&](Matrix& m) {
+        if (m && !m.packed && !m.copy) all.push_back(&m);
     };
-    pack(w.output);  // the embedding table itself when tied: get_row() reads only its rows in use
+    add(w.output);  // the embedding table itself when tied: get_row() reads only its rows in use
     for (Layer& L : w.layers)
-        for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) pack(*m);
+        for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.ffn_gate, &L.ffn_up, &L.ffn_down}) add(*m);
+    auto raw_bytes = [](const Matrix& m) { return quant::row_size(m.type, m.cols) * static_cast<size_t>(m.rows); };
+    auto room = [&](const Matrix& m) {  // bytes of m in the block, rounded up to keep the next one 64-byte aligned
+        const size_t n = ops::packed_bytes(m.type, m.rows, m.cols);
+        return ((n ? n : raw_bytes(m)) + 63) / 64 * 64;
+    };
+    size_t total = 0;
+    for (const Matrix* m : all) total += room(*m);
+    std::shared_ptr<uint8_t> block = ops::huge_page_memory(total);
+    size_t at = 0;
+    for (Matrix* m : all) {
+        const uint8_t* src = m->data;
+        const size_t n = raw_bytes(*m);
+        if (std::shared_ptr<const ops::Packed> p = ops::pack(src, m->type, m->rows, m->cols, &pool, block, at)) {
+            m->packed = std::move(p);
+        } else {
+            uint8_t* dst = block.get() + at;
+            const size_t piece = size_t(1) << 20;
+            pool.run(static_cast<int64_t>((n + piece - 1) / piece), [&](int64_t t, int) {
+                const size_t a = static_cast<size_t>(t) * piece;
+                std::memcpy(dst + a, src + a, std::min(piece, n - a));
+            });
+            m->data = dst;
+            m->copy = block;
+        }
+        release_pages(src, n);
+        at += room(*m);
+    }
+    if (tied && w.output.copy) {  // token_embd reads its rows from the copy too
+        w.token_embd.data = w.output.data;
+        w.token_embd.copy = w.output.copy;
+    }
 }
 
 }  // namespace
@@ -84,7 +119,7 @@ Matrix TensorLoader::matrix(const std::string& name, int64_t rows, int64_t cols,
     const size_t align = t->type == quant::Type::F32 ? 4 : (tr->block_size == 1 ? 2 : 1);
     if (reinterpret_cast<uintptr_t>(data) % align != 0)
         throw gguf::Error(where + "data is not " + std::to_string(align) + "-byte aligned in the file");
-    return Matrix{data, nullptr, t->type, rows, cols};
+    return Matrix{data, nullptr, nullptr, t->type, rows, cols};
 }
 
 std::vector<float> TensorLoader::vector(const std::string& name, int64_t n, const char* why, Need need) const {

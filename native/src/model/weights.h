@@ -1,6 +1,6 @@
-// The weights of a model: float matrices viewed in place in the mapped GGUF file, quantized ones
-// repacked once at load for the integer kernels (ops::pack; the mapped pages they came from are
-// then released), and the small vectors (norms, biases, rope factors) dequantized to f32. Shapes are given as
+// The weights of a model: the matrices moved at load into one block of huge-page memory, quantized
+// ones repacked for the integer kernels (ops::pack), float ones copied (the mapped pages they came
+// from are then released), and the small vectors (norms, biases, rope factors) dequantized to f32. Shapes are given as
 // (rows, cols) in row-major terms: a GGUF tensor with ne = [cols, rows].
 #pragma once
 
@@ -19,11 +19,12 @@ namespace gguf {
 class Reader;
 }
 
-// rows x cols elements of `type`, quant::row_size(type, cols) bytes per row, inside the map; the
-// packed copy once pack_weights() has run (quantized types).
+// rows x cols elements of `type`, quant::row_size(type, cols) bytes per row, inside the map; once
+// pack_weights() has run, quantized types have their packed copy and float types point into `copy`.
 struct Matrix {
     const uint8_t* data = nullptr;
     std::shared_ptr<const ops::Packed> packed;
+    std::shared_ptr<const uint8_t> copy;  // float types after pack_weights(): the memory data lies in
     quant::Type type = quant::Type::F32;
     int64_t rows = 0;
     int64_t cols = 0;

@@ -276,29 +276,47 @@ void matmul(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, const f
     detail::run_matmul(detail::best_kernels(), W, type, rows, k, x, n_tokens, y, pool);
 }
 
-Packed::~Packed() { std::free(data_); }
+Packed::~Packed() = default;
 
-std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, ThreadPool* pool) {
+size_t packed_bytes(quant::Type type, int64_t rows, int64_t k) {
+    detail::check(type, k);
+    detail::QFmt f;
+    if (!detail::qfmt(type, &f)) return 0;
+    return static_cast<size_t>(detail::n_panels(rows)) * detail::qpanel_bytes(f, k);
+}
+
+std::shared_ptr<uint8_t> huge_page_memory(size_t n) {
+    const size_t align = n >= (size_t(2) << 20) ? size_t(2) << 20 : 64;
+    void* mem = nullptr;
+    if (n && posix_memalign(&mem, align, n) != 0)
+        throw Error("cannot allocate " + std::to_string(n) + " bytes for weights");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align > 64) madvise(mem, n, MADV_HUGEPAGE);
+#endif
+    return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(mem), [](uint8_t* p) { std::free(p); });
+}
+
+std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, ThreadPool* pool,
+                             std::shared_ptr<uint8_t> block, size_t offset) {
     detail::check(type, k);
     detail::QFmt f;
     if (!detail::qfmt(type, &f)) return nullptr;
     const size_t pb = detail::qpanel_bytes(f, k), rs = quant::row_size(type, k);
     const int64_t np = detail::n_panels(rows);
-    // large weights on 2 MiB boundaries, so that the kernel can back them with huge pages
     const size_t bytes = static_cast<size_t>(np) * pb;
-    const size_t align = bytes >= (size_t(4) << 20) ? size_t(2) << 20 : 64;
-    void* mem = nullptr;
-    if (bytes && posix_memalign(&mem, align, bytes) != 0)
-        throw Error("cannot allocate " + std::to_string(bytes) + " bytes for a packed weight");
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align > 64) madvise(mem, bytes, MADV_HUGEPAGE);
-#endif
+    if (!block) {
+        block = huge_page_memory(bytes);
+        offset = 0;
+    }
+    uint8_t* mem = block.get() + offset;
+    if (reinterpret_cast<uintptr_t>(mem) % 64 != 0) throw Error("pack: the destination is not 64-byte aligned");
     std::unique_ptr<Packed> out(new Packed());
     out->type_ = type;
     out->rows_ = rows;
     out->cols_ = k;
     out->bytes_ = bytes;
-    out->data_ = static_cast<uint8_t*>(mem);
+    out->data_ = mem;
+    out->block_ = std::move(block);
     const int64_t per = 64;  // panels per task
     auto run = [&](int64_t task) {
         const int64_t p0 = task * per, r0 = p0 * detail::kPanelRows;

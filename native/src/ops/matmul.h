@@ -40,18 +40,30 @@ public:
     const uint8_t* data() const { return data_; }
 
 private:
-    friend std::unique_ptr<Packed> pack(const uint8_t*, quant::Type, int64_t, int64_t, ThreadPool*);
+    friend std::unique_ptr<Packed> pack(const uint8_t*, quant::Type, int64_t, int64_t, ThreadPool*,
+                                        std::shared_ptr<uint8_t>, size_t);
     Packed() = default;
     quant::Type type_ = quant::Type::F32;
     int64_t rows_ = 0, cols_ = 0;
     size_t bytes_ = 0;
     uint8_t* data_ = nullptr;
+    std::shared_ptr<uint8_t> block_;  // the memory data_ lies in (shared with other weights when the caller gave it)
 };
 
+// Bytes pack() writes for W: 0 for the types the float path multiplies (F32, F16, BF16).
+size_t packed_bytes(quant::Type type, int64_t rows, int64_t k);
+
 // Repacks W (as matmul() takes it); nullptr for the types the float path multiplies (F32, F16,
-// BF16). The work is split over `pool` when given. Throws edgellm::Error as matmul() does, and
-// when the memory cannot be allocated.
-std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, ThreadPool* pool);
+// BF16). The work is split over `pool` when given. The panels go to block.get() + offset (64-byte
+// aligned, packed_bytes() long; the Packed keeps the block alive) when a block is given, else to
+// huge_page_memory() of its own. Throws edgellm::Error as matmul() does, and when the memory cannot be allocated.
+std::unique_ptr<Packed> pack(const uint8_t* W, quant::Type type, int64_t rows, int64_t k, ThreadPool* pool,
+                             std::shared_ptr<uint8_t> block = nullptr, size_t offset = 0);
+
+// n bytes the kernel may back with 2 MiB pages (madvise(MADV_HUGEPAGE); they start on a 2 MiB
+// boundary when n is at least that): weights streamed from 4 KiB pages take a TLB miss every
+// 4 KiB. Throws edgellm::Error when the memory cannot be allocated.
+std::shared_ptr<uint8_t> huge_page_memory(size_t n);
 
 // matmul() against a packed weight: the same bits as matmul() on its raw rows.
 void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
