@@ -1,5 +1,5 @@
 // TensorLoader and load_weights: tensor lookup with shape, type and alignment checks, then the
-// quantized matrices repacked for the integer kernels.
+// weight matrices moved into huge-page memory (quantized ones repacked for the integer kernels).
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
