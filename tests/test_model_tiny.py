@@ -309,3 +309,32 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, monkeypatch):
     with llm(out, kv_type="f32") as m:
         got = np.array(m.logits(ids))
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_wide_query_groups_match_transformers_at_any_thread_count(tmp_path, monkeypatch):
+    """Attention takes the query heads of a KV group together, at most four to a task: eight query heads on
+    one KV head are split into runs (two at one or two threads, three at three), and head_dim 24 leaves a
+    tail past the 16-float chunks. Every split gives the same bits, and the logits are transformers'."""
+    from edgellm.converters.convert import ConvertOptions, convert
+    from helpers import tiny_models
+
+    _, tok, overrides = tiny_models.TINY["llama"]
+    wide = dict(overrides, num_attention_heads=8, num_key_value_heads=1, head_dim=24)
+    monkeypatch.setitem(tiny_models.TINY, "llama_mqa", ("LlamaForCausalLM", tok, wide))
+    ckpt = tmp_path / "ckpt"
+    tiny_models.build_tiny(ckpt, "llama_mqa")
+    out = tmp_path / "llama_mqa.gguf"
+    convert(ckpt, out, ConvertOptions(quant="f32", progress=False))
+    ids = LONG_PROMPT[:40]
+    ref = hf_logits(ckpt, ids)
+    with llm(out, kv_type="f32") as m:
+        got = np.array(m.logits(ids))
+    assert np.abs(got - ref).max() < 1e-3
+    runs = {}
+    for threads in (1, 2, 3):
+        with llm(out, n_threads=threads) as m:
+            runs[threads] = (np.array(m.logits(ids)), decode_one_by_one(m, ids))
+    for threads in (2, 3):
+        assert np.array_equal(runs[threads][0], runs[1][0])
+        assert np.array_equal(runs[threads][1], runs[1][1])
+    assert np.abs(runs[1][1] - runs[1][0]).max() < 1e-4

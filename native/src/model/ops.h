@@ -35,9 +35,9 @@ struct RopeTable {
 struct AttnScratch {
     std::vector<float> kt;   // (head_dim, kTile): keys of a tile, transposed (f16 cache)
     std::vector<float> v;    // (kTile, head_dim): values of a tile (f16 cache)
-    std::vector<float> s;    // (kTile): scores of one query
-    std::vector<float> m, l; // (token block): running max and sum of the softmax
-    std::vector<float> acc;  // (token block, head_dim): running weighted sum of values
+    std::vector<float> s;    // (heads of a task, kTile): scores of one token's queries
+    std::vector<float> m, l; // (heads x tokens of a task): running max and sum of the softmax
+    std::vector<float> acc;  // (heads x tokens of a task, head_dim): running weighted sum of values
 };
 void attn_scratch_init(AttnScratch& sc, int64_t head_dim);
 
