@@ -141,7 +141,10 @@ class LLM:
     same n_ctx, threads and kv_type); draft_max: most tokens drafted per step (draft model and prompt
     lookup alike); draft_p_min: the draft model stops drafting when its top probability falls below
     this (None = the core's default, 0.2: calibrated for a quantized copy of the target, which agrees
-    with it more often than its probability says; raise it for a draft that agrees less).
+    with it more often than its probability says; raise it for a draft that agrees less);
+    draft_vocab: the draft model proposes only token ids below this and ids already in the context,
+    so its output head reads fewer rows (None = the core's default, 16384; 0 = any token). Output is
+    unchanged either way: the target verifies every drafted token.
     """
 
     def __new__(  # noqa: PYI034 (typing.Self needs Python 3.11)
@@ -155,7 +158,7 @@ class LLM:
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int = 0,
                  n_batch: int = 512, seed: int | None = 0, kv_type: str = "f16", vocab_only: bool = False,
                  draft_model: str | os.PathLike | None = None, draft_max: int = 8,
-                 draft_p_min: float | None = None):
+                 draft_p_min: float | None = None, draft_vocab: int | None = None):
         path = Path(model_path) if model_path is not None else default_model_path()
         if kv_type not in _KV_TYPES:
             raise InvalidArgumentError(f"kv_type={kv_type!r}: must be one of {', '.join(_KV_TYPES)}")
@@ -163,6 +166,8 @@ class LLM:
         if not 1 <= draft_max <= 64:
             raise InvalidArgumentError(f"draft_max={draft_max}: must be in [1, 64]")
         _check_p_min(draft_p_min)
+        if draft_vocab is not None and not 0 <= draft_vocab < 2**31:
+            raise InvalidArgumentError(f"draft_vocab={draft_vocab}: must be 0 (any token) or a token count")
         if draft_model is not None and vocab_only:
             raise InvalidArgumentError("draft_model: a vocab_only model cannot run a draft model")
         self.path = path
@@ -170,6 +175,7 @@ class LLM:
         self.draft_path = Path(draft_model) if draft_model is not None else None
         self.draft_max = draft_max
         self.draft_p_min = draft_p_min
+        self.draft_vocab = draft_vocab
         self._model: Any = _core.Model(str(path), vocab_only)
         self._ctx: Any = None
         self._draft_model: Any = None
@@ -408,8 +414,10 @@ class LLM:
         if speculative == "draft":
             if self._draft_ctx is None:
                 raise InvalidArgumentError("speculative='draft' needs a draft model: LLM(..., draft_model=PATH)")
-            p_min = {} if self.draft_p_min is None else {"p_min": self.draft_p_min}
-            return _core.Speculator(self._ctx, self._draft_ctx, self.draft_max, **p_min), speculative
+            opts = {} if self.draft_p_min is None else {"p_min": self.draft_p_min}
+            if self.draft_vocab is not None:
+                opts["draft_vocab"] = self.draft_vocab
+            return _core.Speculator(self._ctx, self._draft_ctx, self.draft_max, **opts), speculative
         if speculative == "lookup":
             return _core.Speculator(self._ctx, None, self.draft_max), speculative
         return None, None

@@ -109,6 +109,21 @@ def test_tiny_greedy_speculative_equals_plain(tiny_pair, prompt, draft_max):
     assert out["draft"] == out[None]
 
 
+@pytest.mark.parametrize("prompt", TINY_PROMPTS, ids=["plain", "repeated", "long"])
+def test_tiny_greedy_with_a_draft_vocabulary_equals_plain(tiny_pair, prompt):
+    """draft_vocab=32768 of the 49,152 ids: the draft proposes only ids below it and ids in the context (its
+    other logits are -inf), so the random tiny target picks a token the draft cannot propose about a third of
+    the time; the output is still the target's own."""
+    target, draft = tiny_pair
+    with LLM(target, n_ctx=256, n_threads=1, draft_model=draft, draft_max=4, draft_vocab=32768,
+             draft_p_min=0.0) as llm:
+        assert llm.n_vocab == 49152
+        plain = llm.generate(prompt, 40, temperature=0, speculative=None)
+        spec = llm.generate(prompt, 40, temperature=0, speculative="draft")
+        assert 0 < llm.last_stats.accepted_tokens < llm.last_stats.drafted_tokens
+    assert spec == plain
+
+
 def test_tiny_speculative_stops_at_the_context_end(tiny_pair):
     target, draft = tiny_pair
     prompt = TINY_PROMPTS[2]
@@ -158,9 +173,11 @@ def chi_square_p(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
 
 
-def test_sampled_draft_keeps_the_target_distribution(convert_tiny):
+@pytest.mark.parametrize("draft_vocab", [0, 32768])
+def test_sampled_draft_keeps_the_target_distribution(convert_tiny, draft_vocab):
     """The first token of a speculative step, over many seeds, is distributed as the target's own sampling
-    distribution, even though the draft (another model) proposes from a different one."""
+    distribution, even though the draft (another model) proposes from a different one (with draft_vocab 32768,
+    from the ids below 32768 and the prompt's only)."""
     # the tiny random model and its q4_0 conversion: overlapping, clearly different distributions
     # (total variation distance about 0.5 here)
     target, draft = convert_tiny("llama"), convert_tiny("llama", "q4_0")
@@ -179,7 +196,8 @@ def test_sampled_draft_keeps_the_target_distribution(convert_tiny):
             return p
 
         p, q = dist(llm), dist(other)
-        spec = _core.Speculator(llm._ctx, llm._draft_ctx, draft_max=4, p_min=0.0)  # always draft
+        spec = _core.Speculator(llm._ctx, llm._draft_ctx, draft_max=4, p_min=0.0,  # always draft
+                                draft_vocab=draft_vocab)
         counts = np.zeros(llm.n_vocab)
         llm.reset()
         llm.eval(prompt[:-1])
@@ -206,7 +224,7 @@ def test_draft_stops_below_p_min(tiny_pair, prompt):
     drafted = {}
     with LLM(target, n_ctx=64, n_threads=1, draft_model=draft) as llm:
         for name, p_min in (("above", top * (1 + 1e-4)), ("below", top * (1 - 1e-4))):
-            spec = _core.Speculator(llm._ctx, llm._draft_ctx, draft_max=4, p_min=float(p_min))
+            spec = _core.Speculator(llm._ctx, llm._draft_ctx, draft_max=4, p_min=float(p_min), draft_vocab=0)
             llm.reset()
             llm.eval(prompt[:-1])
             spec.step(Sampler(llm, temperature=0.0)._s, prompt[-1], 5)
@@ -245,6 +263,8 @@ def test_bad_speculative_arguments(tiny_pair):
             llm.generate(PROMPT_IDS, 4, speculative="fast")
     with pytest.raises(InvalidArgumentError, match="draft_max"):
         LLM(target, n_ctx=64, draft_max=0)
+    with pytest.raises(InvalidArgumentError, match="draft_vocab"):
+        LLM(target, n_ctx=64, draft_vocab=-1)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -94,7 +94,7 @@ def model_options(f: F) -> F:
 
 
 def speculative_options(f: F) -> F:
-    """--draft, --draft-max, --draft-p-min, --lookup, --kv-type: arrive as keyword arguments for pop_speculative."""
+    """--draft, --draft-max, --draft-p-min, --draft-vocab, --lookup, --kv-type: arrive as keyword arguments for pop_speculative."""
     options = [
         click.option("--draft", "draft", type=click.Path(dir_okay=False, path_type=Path),
                      help="A small draft model (GGUF, same vocabulary) for speculative decoding."),
@@ -103,6 +103,9 @@ def speculative_options(f: F) -> F:
         click.option("--draft-p-min", type=click.FloatRange(0.0, 1.0), default=None,
                      help="--draft: stop drafting when the draft's top probability is below this "
                           "[default: 0.2, for a quantized copy of the model]."),
+        click.option("--draft-vocab", type=click.IntRange(0), default=None,
+                     help="--draft: propose only token ids below this and ids already in the context "
+                          "[default: 16384; 0: any]."),
         click.option("--lookup", is_flag=True,
                      help="Prompt-lookup decoding: draft tokens by copying from the context (no draft model)."),
         click.option("--kv-type", type=click.Choice(["f16", "f32", "q8_0"]), default="f16", show_default=True,
@@ -115,15 +118,19 @@ def speculative_options(f: F) -> F:
 
 def pop_speculative(kwargs: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     """(LLM keyword arguments, the generate() `speculative` value) from the speculative flags."""
-    draft, draft_max, p_min, lookup, kv_type = (kwargs.pop(k) for k in ("draft", "draft_max", "draft_p_min",
-                                                                        "lookup", "kv_type"))
+    draft, draft_max, p_min, vocab, lookup, kv_type = (
+        kwargs.pop(k) for k in ("draft", "draft_max", "draft_p_min", "draft_vocab", "lookup", "kv_type"))
     if draft is not None and lookup:
         fail("--draft and --lookup are two ways to draft tokens: choose one")
     if p_min is not None and draft is None:
         fail("--draft-p-min: applies to a draft model (--draft)")
+    if vocab is not None and draft is None:
+        fail("--draft-vocab: applies to a draft model (--draft)")
     load = {"draft_model": draft, "draft_max": draft_max, "kv_type": kv_type}
     if p_min is not None:
         load["draft_p_min"] = p_min
+    if vocab is not None:
+        load["draft_vocab"] = vocab
     return load, "draft" if draft is not None else "lookup" if lookup else None
 
 

@@ -269,6 +269,8 @@ typedef struct edgellm_spec_params {
     float p_min;       /* draft model: stop drafting when its top probability is below this (0.2) */
     int32_t ngram_min; /* prompt lookup: n-gram lengths matched, longest first (3 .. 4) */
     int32_t ngram_max;
+    int32_t draft_vocab; /* draft model: proposes only ids below this and ids already in the context; 0: any
+                          * (16384) */
 } edgellm_spec_params;
 
 typedef struct edgellm_spec_stats {

@@ -292,7 +292,7 @@ private:
 class PySpeculator {
 public:
     PySpeculator(py::object target, py::object draft, int32_t draft_max, int32_t draft_min, float p_min,
-                 int32_t ngram_min, int32_t ngram_max)
+                 int32_t ngram_min, int32_t ngram_max, int32_t draft_vocab)
         : target_(std::move(target)), draft_(std::move(draft)) {
         edgellm_spec_params p = edgellm_spec_default_params();
         p.draft_max = draft_max;
@@ -300,6 +300,7 @@ public:
         p.p_min = p_min;
         p.ngram_min = ngram_min;
         p.ngram_max = ngram_max;
+        p.draft_vocab = draft_vocab;
         edgellm_context* d = draft_.is_none() ? nullptr : draft_.cast<PyContext&>().get();
         check(edgellm_speculator_init(target_.cast<PyContext&>().get(), d, &p, &s_));
         buf_.resize(static_cast<size_t>(draft_max) + 1);
@@ -453,10 +454,10 @@ void bind_llm(py::module_& m) {
 
     const edgellm_spec_params spec = edgellm_spec_default_params();  // the core's defaults, stated once
     py::class_<PySpeculator>(m, "Speculator")
-        .def(py::init<py::object, py::object, int32_t, int32_t, float, int32_t, int32_t>(), py::arg("target"),
+        .def(py::init<py::object, py::object, int32_t, int32_t, float, int32_t, int32_t, int32_t>(), py::arg("target"),
              py::arg("draft"), py::arg("draft_max") = spec.draft_max, py::arg("draft_min") = spec.draft_min,
              py::arg("p_min") = spec.p_min, py::arg("ngram_min") = spec.ngram_min,
-             py::arg("ngram_max") = spec.ngram_max)
+             py::arg("ngram_max") = spec.ngram_max, py::arg("draft_vocab") = spec.draft_vocab)
         .def("step", &PySpeculator::step, py::arg("sampler"), py::arg("pending"), py::arg("n_max"))
         .def("stats", &PySpeculator::stats);
 

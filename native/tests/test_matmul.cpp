@@ -184,6 +184,31 @@ void test_type(std::mt19937& rng, quant::Type type, int64_t k, const std::vector
                         fail(std::string(tname) + " k=" + std::to_string(k) + " rows=" + std::to_string(rows) +
                              ": packed weight differs from per-call packing");
                 }
+            // some row groups only (the first, and every third from the second on): their rows get
+            // matmul()'s bits, every other element of y stays as it was
+            {
+                const int64_t ng = (rows + ops::kRowGroup - 1) / ops::kRowGroup;
+                std::vector<int64_t> runs = {0, 1};
+                for (int64_t g = 2; g < ng; g += 3) runs.insert(runs.end(), {g, 1});
+                for (int64_t nt : {int64_t(1), int64_t(4)}) {
+                    std::vector<float> a(static_cast<size_t>(nt * rows)), b(a.size(), -7.0f);
+                    ops::matmul(*Ps[0], x.data(), nt, a.data(), *pools[1]);
+                    ops::matmul_groups(*Ps[0], runs.data(), int64_t(runs.size() / 2), x.data(), nt, b.data(),
+                                       *pools[1]);
+                    for (int64_t t = 0; t < nt; ++t)
+                        for (int64_t r = 0; r < rows; ++r) {
+                            const int64_t g = r / ops::kRowGroup;
+                            const bool in = g == 0 || (g >= 2 && (g - 2) % 3 == 0);
+                            const float got = b[size_t(t * rows + r)], want = in ? a[size_t(t * rows + r)] : -7.0f;
+                            if (std::memcmp(&got, &want, sizeof(float)) != 0) {
+                                fail(std::string(tname) + " k=" + std::to_string(k) + " rows=" +
+                                     std::to_string(rows) + ": matmul_groups differs at row " + std::to_string(r));
+                                t = nt;
+                                break;
+                            }
+                        }
+                }
+            }
         } else if (ops::pack(W.bytes.data(), type, rows, k, nullptr) || ops::packed_bytes(type, rows, k) != 0) {
             fail(std::string(tname) + ": a float type was packed");
         }

@@ -504,6 +504,7 @@ edgellm_spec_params edgellm_spec_default_params(void) {
     p.p_min = d.p_min;
     p.ngram_min = d.ngram_min;
     p.ngram_max = d.ngram_max;
+    p.draft_vocab = d.draft_vocab;
     return p;
 }
 
@@ -536,6 +537,7 @@ edgellm_status edgellm_speculator_init(edgellm_context* target, edgellm_context*
         sp.p_min = p.p_min;
         sp.ngram_min = p.ngram_min;
         sp.ngram_max = p.ngram_max;
+        sp.draft_vocab = p.draft_vocab;
         const Tokenizer* tok = tm->tokenizer.get();
         auto s = std::make_unique<edgellm_speculator>();
         s->target = target;

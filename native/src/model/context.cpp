@@ -22,6 +22,7 @@ public:
     const float* logits() const override { return n_logit_rows_ ? logits_.data() : nullptr; }
     size_t n_logit_rows() const override { return n_logit_rows_; }
     void truncate(uint32_t n_past) override;
+    void set_output_rows(int64_t n_first, const std::vector<int32_t>& extra) override;
     size_t prefill(const int32_t* tokens, size_t n) override;
     const std::vector<int32_t>& tokens() const override { return tokens_; }
     uint64_t n_evaluated() const override { return n_evaluated_; }
@@ -47,6 +48,8 @@ private:
     std::vector<float> x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_;
     std::vector<float> logits_;  // grows to the largest request, never shrinks
     std::vector<float> kv_f32_;  // q8_0 cache: one layer's dequantized tiles (Forward::kv_f32)
+    std::vector<int64_t> out_runs_;      // set_output_rows(): (first, count) row groups; empty: all
+    std::vector<uint8_t> group_marks_;  // its scratch
     size_t n_logit_rows_ = 0;
     int64_t n_past_ = 0;
     std::vector<int32_t> tokens_;  // the n_past_ cached tokens
@@ -153,7 +156,35 @@ void ContextImpl::run_chunk(const int32_t* tokens, int64_t n_tokens, int64_t out
     f.out_first = out_first;
     f.logits = logits;
     f.kv_f32 = &kv_f32_;
+    f.out_runs = out_runs_.empty() ? nullptr : &out_runs_;
     model_.spec().forward(f);
+}
+
+void ContextImpl::set_output_rows(int64_t n_first, const std::vector<int32_t>& extra) {
+    out_runs_.clear();
+    const int64_t n_vocab = hp_.n_vocab, g = ops::kRowGroup;
+    if (n_first <= 0 || n_first >= n_vocab) return;
+    const int64_t n_groups = (n_vocab + g - 1) / g;
+    group_marks_.assign(size_t(n_groups), 0);
+    std::fill(group_marks_.begin(), group_marks_.begin() + (n_first + g - 1) / g, 1);
+    for (int32_t id : extra) {
+        if (id < 0 || id >= n_vocab)
+            throw Error("set_output_rows: token id " + std::to_string(id) + " is outside the vocabulary (" +
+                        std::to_string(n_vocab) + " tokens)");
+        group_marks_[size_t(id / g)] = 1;
+    }
+    for (int64_t i = 0; i < n_groups;) {
+        if (!group_marks_[size_t(i)]) {
+            ++i;
+            continue;
+        }
+        int64_t j = i;
+        while (j < n_groups && group_marks_[size_t(j)]) ++j;
+        out_runs_.push_back(i);
+        out_runs_.push_back(j - i);
+        i = j;
+    }
+    if (out_runs_.size() == 2 && out_runs_[1] == n_groups) out_runs_.clear();  // every row
 }
 
 void ContextImpl::truncate(uint32_t n_past) {

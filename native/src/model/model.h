@@ -83,6 +83,11 @@ public:
     virtual void eval(const int32_t* tokens, size_t n, bool logits_all) = 0;
     virtual const float* logits() const = 0;  // n_logit_rows() x n_vocab, row-major; nullptr before eval
     virtual size_t n_logit_rows() const = 0;
+    // Logits for some token ids only (a draft model proposing for a target): the ids below n_first
+    // and the row groups (ops::kRowGroup ids) holding the ids in `extra`; every other logit of later
+    // evaluations is -inf. n_first <= 0 (the default) computes every row again; so does a head
+    // that is not packed (float types). Throws Error for an id outside the vocabulary.
+    virtual void set_output_rows(int64_t n_first, const std::vector<int32_t>& extra) = 0;
     virtual void truncate(uint32_t n_past) = 0;  // n_past <= this->n_past()
     // Brings the cache to exactly tokens[0, n): keeps the longest cached prefix (at most n - 1
     // tokens, so that the last one is evaluated and its logits are there) and evaluates the rest.

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "ops/matmul.h"
 
@@ -224,12 +225,20 @@ void output(Forward& f) {
     if (n_rows <= 0) return;
     const int64_t n = f.hp.n_embd;
     rms_norm(f, f.x + f.out_first * n, f.w.output_norm, f.xn, n_rows);
-    linear(f, f.w.output, f.xn, f.logits, {}, n_rows);
     const float cap = f.hp.final_logit_softcap;
-    if (cap > 0.0f) {
-        const int64_t total = n_rows * f.hp.n_vocab;
-        for (int64_t i = 0; i < total; ++i) f.logits[i] = std::tanh(f.logits[i] / cap) * cap;
+    const int64_t total = n_rows * f.hp.n_vocab;
+    if (f.out_runs && f.w.output.packed) {  // some rows only (Context::set_output_rows), the rest -inf
+        std::fill(f.logits, f.logits + total, -std::numeric_limits<float>::infinity());
+        ops::matmul_groups(*f.w.output.packed, f.out_runs->data(), int64_t(f.out_runs->size() / 2), f.xn, n_rows,
+                           f.logits, f.pool);
+        if (cap > 0.0f)
+            for (int64_t i = 0; i < total; ++i)
+                if (std::isfinite(f.logits[i])) f.logits[i] = std::tanh(f.logits[i] / cap) * cap;
+        return;
     }
+    linear(f, f.w.output, f.xn, f.logits, {}, n_rows);
+    if (cap > 0.0f)
+        for (int64_t i = 0; i < total; ++i) f.logits[i] = std::tanh(f.logits[i] / cap) * cap;
 }
 
 }  // namespace edgellm

@@ -69,6 +69,7 @@ struct Forward {
 
     int64_t out_first = 0;   // logits are wanted for tokens [out_first, n_tokens)
     float* logits = nullptr; // (n_tokens - out_first, n_vocab)
+    const std::vector<int64_t>* out_runs = nullptr;  // (first, count) row groups of the head to compute; null: all
 
     // q8_0 cache: attention dequantizes each KV head's tiles once per layer into this buffer (keys
     // and values of the positions the chunk attends to, f32), shared by the query heads of its

@@ -359,6 +359,36 @@ void matmul_many(const Packed* const* W, float* const* y, int n, const float* x,
     });
 }
 
+void matmul_groups(const Packed& W, const int64_t* runs, int64_t n_runs, const float* x, int64_t n_tokens, float* y,
+                   ThreadPool& pool) {
+    static_assert(kRowGroup == detail::kPanelRows, "row groups are the packed panels");
+    if (n_tokens <= 0 || n_runs <= 0) return;
+    const int64_t np = detail::n_panels(W.rows());
+    int64_t total = 0;
+    for (int64_t r = 0; r < n_runs; ++r) {
+        const int64_t g0 = runs[2 * r], n = runs[2 * r + 1];
+        if (g0 < 0 || n < 1 || g0 + n > np || (r > 0 && g0 < runs[2 * r - 2] + runs[2 * r - 1]))
+            throw Error("matmul_groups: run " + std::to_string(r) + " is out of order or outside the weight's " +
+                        std::to_string(np) + " row groups");
+        total += n;
+    }
+    const detail::Kernels& K = detail::best_kernels();
+    detail::QFmt f;
+    detail::qfmt(W.type(), &f);
+    const detail::QActs acts = detail::quantize_for(f, x, n_tokens, W.cols(), pool);
+    // tasks of up to `per` groups inside one run
+    const int64_t per = detail::panels_per_task(total, pool.n_threads());
+    std::vector<int64_t> tasks;  // (g0, n) pairs
+    for (int64_t r = 0; r < n_runs; ++r)
+        for (int64_t g = runs[2 * r], end = g + runs[2 * r + 1]; g < end; g += per) {
+            tasks.push_back(g);
+            tasks.push_back(std::min(per, end - g));
+        }
+    pool.run(int64_t(tasks.size() / 2), [&](int64_t t, int) {
+        K.qgemm(f, W.data(), tasks[size_t(2 * t)], tasks[size_t(2 * t + 1)], W.rows(), acts, n_tokens, y, W.rows());
+    });
+}
+
 void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
     const Packed* one = &W;
     matmul_many(&one, &y, 1, x, n_tokens, pool);

@@ -68,6 +68,15 @@ std::shared_ptr<uint8_t> huge_page_memory(size_t n);
 // matmul() against a packed weight: the same bits as matmul() on its raw rows.
 void matmul(const Packed& W, const float* x, int64_t n_tokens, float* y, ThreadPool& pool);
 
+// Rows of a packed weight come in groups of kRowGroup (its panels).
+constexpr int64_t kRowGroup = 16;
+
+// matmul() against a packed weight for some rows only: the row groups [g0, g0 + n) of each run
+// (g0, n), in order, without overlap. Only those rows of y (ldy = W.rows()) are written, each with
+// the bits matmul() gives it.
+void matmul_groups(const Packed& W, const int64_t* runs, int64_t n_runs, const float* x, int64_t n_tokens, float* y,
+                   ThreadPool& pool);
+
 // matmul() of the same x against n (1 to 4) packed weights of the same row length, into y[i]:
 // one pass over the pool for all of them (the same bits as n calls).
 void matmul_many(const Packed* const* W, float* const* y, int n, const float* x, int64_t n_tokens, ThreadPool& pool);

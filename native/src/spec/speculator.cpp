@@ -68,6 +68,7 @@ Speculator::Speculator(Context& target, Context* draft, int32_t n_vocab, const S
     if (p_.draft_min < 0 || p_.draft_min > p_.draft_max)
         throw Error("draft_min: " + std::to_string(p_.draft_min) + " is outside [0, draft_max]");
     if (!(p_.p_min >= 0.0f && p_.p_min <= 1.0f)) throw Error("p_min: must be in [0, 1]");
+    if (p_.draft_vocab < 0) throw Error("draft_vocab: must be 0 or more");
     if (p_.ngram_min < 1 || p_.ngram_max < p_.ngram_min || p_.ngram_max > 64)
         throw Error("ngram_min, ngram_max: need 1 <= ngram_min <= ngram_max <= 64");
     if (n_vocab_ <= 0) throw Error("n_vocab: must be positive");
@@ -91,6 +92,18 @@ void Speculator::propose_lookup(const std::vector<int32_t>& seq, size_t k) {
 
 void Speculator::propose_draft(Sampler& smpl, const std::vector<int32_t>& seq, size_t k) {
     Context& d = *draft_;
+    if (p_.draft_vocab > 0 && p_.draft_vocab < n_vocab_) {
+        // the ids at or past draft_vocab that the context holds, once each
+        if (seen_.size() != size_t(n_vocab_)) seen_.assign(size_t(n_vocab_), 0);
+        extra_.clear();
+        for (int32_t t : seq)
+            if (t >= p_.draft_vocab && t < n_vocab_ && !seen_[size_t(t)]) {
+                seen_[size_t(t)] = 1;
+                extra_.push_back(t);
+            }
+        for (int32_t t : extra_) seen_[size_t(t)] = 0;
+        d.set_output_rows(p_.draft_vocab, extra_);
+    }
     d.prefill(seq.data(), seq.size());  // the draft's cache to seq, reusing the common prefix
 
     Sampler ds = smpl.fork(smpl.greedy() ? 0 : smpl.next_seed());
