@@ -94,7 +94,8 @@ def model_options(f: F) -> F:
 
 
 def speculative_options(f: F) -> F:
-    """--draft, --draft-max, --draft-p-min, --draft-vocab, --lookup, --kv-type: arrive as keyword arguments for pop_speculative."""
+    """--draft, --draft-max, --draft-p-min, --draft-vocab, --lookup, --kv-type: arrive as keyword arguments for
+    pop_speculative."""
     options = [
         click.option("--draft", "draft", type=click.Path(dir_okay=False, path_type=Path),
                      help="A small draft model (GGUF, same vocabulary) for speculative decoding."),

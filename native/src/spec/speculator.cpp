@@ -92,18 +92,8 @@ void Speculator::propose_lookup(const std::vector<int32_t>& seq, size_t k) {
 
 void Speculator::propose_draft(Sampler& smpl, const std::vector<int32_t>& seq, size_t k) {
     Context& d = *draft_;
-    if (p_.draft_vocab > 0 && p_.draft_vocab < n_vocab_) {
-        // the ids at or past draft_vocab that the context holds, once each
-        if (seen_.size() != size_t(n_vocab_)) seen_.assign(size_t(n_vocab_), 0);
-        extra_.clear();
-        for (int32_t t : seq)
-            if (t >= p_.draft_vocab && t < n_vocab_ && !seen_[size_t(t)]) {
-                seen_[size_t(t)] = 1;
-                extra_.push_back(t);
-            }
-        for (int32_t t : extra_) seen_[size_t(t)] = 0;
-        d.set_output_rows(p_.draft_vocab, extra_);
-    }
+    // the ids below draft_vocab and every id of the context (set_output_rows marks each row group once)
+    if (p_.draft_vocab > 0 && p_.draft_vocab < n_vocab_) d.set_output_rows(p_.draft_vocab, seq);
     d.prefill(seq.data(), seq.size());  // the draft's cache to seq, reusing the common prefix
 
     Sampler ds = smpl.fork(smpl.greedy() ? 0 : smpl.next_seed());

@@ -84,8 +84,7 @@ private:
     int32_t k_;  // current draft length
     SpecStats stats_;
     // per step
-    std::vector<int32_t> seq_, drafts_, batch_, extra_;
-    std::vector<uint8_t> seen_;  // per token id, while collecting extra_
+    std::vector<int32_t> seq_, drafts_, batch_;
     std::vector<std::vector<TokenProb>> q_;  // a sampling draft's distributions, per drafted token
     std::vector<TokenProb> p_dist_, resid_;
     std::vector<double> q_dense_;
