@@ -82,7 +82,8 @@ def test_quantized_logits_match_transformers_on_the_same_file(isa, convert_tiny,
 @pytest.mark.parametrize("kv_type", ["f16", "f32", "q8_0"])
 def test_every_isa_gives_the_same_bits(convert_tiny, kv_type):
     """The integer matmul path and attention (f16 keys read in place, f32, q8_0 tiles) promise the same bits on
-    every instruction set: integer dot products, reductions in one fixed order, no FMA contraction. 100 tokens
+    every instruction set: integer dot products, reductions in one fixed order, fused multiply-adds only where
+    written out (attention's products: std::fma on the scalar path), no contraction elsewhere. 100 tokens
     span two key tiles of 64, the second partly filled; batched and token-by-token evaluation both."""
     available = [name for name in ISAS if _available(name)]
     if len(available) < 2:

@@ -338,3 +338,39 @@ def test_wide_query_groups_match_transformers_at_any_thread_count(tmp_path, monk
         assert np.array_equal(runs[threads][0], runs[1][0])
         assert np.array_equal(runs[threads][1], runs[1][1])
     assert np.abs(runs[1][1] - runs[1][0]).max() < 1e-4
+
+
+def test_ffn_width_past_the_vector_chunks_matches_transformers_on_every_isa(tmp_path, monkeypatch):
+    """SwiGLU takes 16 floats at a time and the rest one by one through the same exp: an FFN width of 120
+    (7 x 16 + 8) runs both parts. The logits are transformers' on every instruction set, batched and decoded
+    token by token (the f32 file takes the float matmul path, whose bits may differ between instruction
+    sets; test_isa.py holds the integer path to the same bits everywhere)."""
+    import edgellm
+    from edgellm.converters.convert import ConvertOptions, convert
+    from helpers import tiny_models
+
+    _, tok, overrides = tiny_models.TINY["llama"]
+    monkeypatch.setitem(tiny_models.TINY, "llama_ff120",
+                        ("LlamaForCausalLM", tok, dict(overrides, intermediate_size=120)))
+    ckpt = tmp_path / "ckpt"
+    tiny_models.build_tiny(ckpt, "llama_ff120")
+    out = tmp_path / "llama_ff120.gguf"
+    convert(ckpt, out, ConvertOptions(quant="f32", progress=False))
+    ids = LONG_PROMPT[:40]
+    ref = hf_logits(ckpt, ids)
+    before = edgellm.isa()
+    ran = []
+    try:
+        for name in ("avx512", "avx2", "scalar"):
+            try:
+                edgellm.set_isa(name)
+            except UnsupportedError:
+                continue
+            with llm(out, kv_type="f32") as m:
+                batched, decoded = np.array(m.logits(ids)), decode_one_by_one(m, ids)
+            assert np.abs(batched - ref).max() < 1e-3, name
+            assert np.abs(decoded - batched).max() < 1e-4, name
+            ran.append(name)
+    finally:
+        edgellm.set_isa(before)
+    assert "scalar" in ran

@@ -15,8 +15,10 @@
 // in registers; it is compiled three times (AVX-512, AVX2, baseline) and picked at run time (with
 // the matmul kernels' instruction set, so set_isa() switches both). The loops vectorise across
 // independent elements, the tile's maximum and sum of weights reduce their 16 lanes in one fixed
-// order (common/vmath.h), and the library is built without FMA contraction, so every variant gives
-// the same bits.
+// order (common/vmath.h), the products of scores and of values are fused multiply-adds written out
+// (the FMA instruction, std::fma on the baseline: one rounding everywhere, and half the arithmetic of
+// a multiply and an add), and the library is otherwise built without FMA contraction, so every
+// variant gives the same bits.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -75,8 +77,9 @@ struct TileStep {
     float* acc[kMaxGroup];        // (head_dim): running sum of exp(score - m) * value
 };
 
-// 16 values from f32 or f16 storage; Cvt converts 16 f16, and takes 16 maxima, with the variant's
-// instructions (a comparison of 16-float vectors is lowered one lane at a time below AVX-512).
+// 16 values from f32 or f16 storage; Cvt converts 16 f16, takes 16 maxima and computes a * b + c
+// with one rounding (fma), with the variant's instructions (a comparison of 16-float vectors is
+// lowered one lane at a time below AVX-512).
 // (Not forced inline: the variants below are flattened, which inlines these into a function of the
 // variant's instruction set, where Cvt's intrinsics may be inlined.)
 template <class Cvt>
@@ -98,7 +101,7 @@ inline void scores(const float* const* q, const E* kt, int64_t hd, float scale, 
         for (int c = 0; c < NC; ++c) {
             const f32x16 k = load16<Cvt>(kt + d * kTile + kChunk * c);
 #pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h) sum[h][c] += q[h][d] * k;
+            for (int h = 0; h < NH; ++h) sum[h][c] = Cvt::fma(q[h][d], k, sum[h][c]);
         }
     }
 #pragma GCC unroll 4
@@ -122,7 +125,7 @@ inline void weigh_values(const float* s, const E* v, int64_t a, int64_t b, int64
         for (int c = 0; c < NC; ++c) {
             const f32x16 x = load16<Cvt>(v + j * hd + dc + kChunk * c);
 #pragma GCC unroll 4
-            for (int h = 0; h < NH; ++h) o[h][c] += s[h * kTile + j] * x;
+            for (int h = 0; h < NH; ++h) o[h][c] = Cvt::fma(s[h * kTile + j], x, o[h][c]);
         }
     }
 #pragma GCC unroll 4
@@ -202,6 +205,11 @@ struct CvtScalar {
         return r;
     }
     static f32x16 max(const f32x16& a, const f32x16& b) { return vmath::max16(a, b); }
+    static f32x16 fma(float a, const f32x16& b, const f32x16& c) {
+        f32x16 r;
+        for (int i = 0; i < 16; ++i) r[i] = std::fma(a, b[i], c[i]);
+        return r;
+    }
 };
 
 __attribute__((flatten)) void tile_step_generic(const TileStep& t) {
@@ -212,7 +220,7 @@ __attribute__((flatten)) void tile_step_generic(const TileStep& t) {
 }
 #if defined(__x86_64__) && defined(__GNUC__)
 struct CvtAvx2 {
-    __attribute__((target("avx2,f16c"))) static inline f32x16 load(const uint16_t* p) {
+    __attribute__((target("avx2,fma,f16c"))) static inline f32x16 load(const uint16_t* p) {
         const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
         f32x16 r;
@@ -220,7 +228,7 @@ struct CvtAvx2 {
         std::memcpy(reinterpret_cast<char*>(&r) + 32, &hi, 32);
         return r;
     }
-    __attribute__((target("avx2,f16c"))) static inline f32x16 max(const f32x16& a, const f32x16& b) {
+    __attribute__((target("avx2,fma,f16c"))) static inline f32x16 max(const f32x16& a, const f32x16& b) {
         __m256 x[2], y[2];
         std::memcpy(x, &a, 64);
         std::memcpy(y, &b, 64);
@@ -228,6 +236,17 @@ struct CvtAvx2 {
         x[1] = _mm256_max_ps(x[1], y[1]);
         f32x16 r;
         std::memcpy(&r, x, 64);
+        return r;
+    }
+    __attribute__((target("avx2,fma,f16c"))) static inline f32x16 fma(float a, const f32x16& b, const f32x16& c) {
+        const __m256 x = _mm256_set1_ps(a);
+        __m256 y[2], z[2];
+        std::memcpy(y, &b, 64);
+        std::memcpy(z, &c, 64);
+        z[0] = _mm256_fmadd_ps(x, y[0], z[0]);
+        z[1] = _mm256_fmadd_ps(x, y[1], z[1]);
+        f32x16 r;
+        std::memcpy(&r, z, 64);
         return r;
     }
 };
@@ -248,8 +267,19 @@ struct CvtAvx512 {
         std::memcpy(&r, &x, 64);
         return r;
     }
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"))) static inline f32x16 fma(float a, const f32x16& b,
+                                                                                         const f32x16& c) {
+        const __m512 x = _mm512_set1_ps(a);
+        __m512 y, z;
+        std::memcpy(&y, &b, 64);
+        std::memcpy(&z, &c, 64);
+        z = _mm512_fmadd_ps(x, y, z);
+        f32x16 r;
+        std::memcpy(&r, &z, 64);
+        return r;
+    }
 };
-__attribute__((target("avx2,f16c"), flatten)) void tile_step_avx2(const TileStep& t) {
+__attribute__((target("avx2,fma,f16c"), flatten)) void tile_step_avx2(const TileStep& t) {
     if (t.f16)
         tile_step_heads<uint16_t, CvtAvx2>(t);
     else

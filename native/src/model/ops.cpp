@@ -6,7 +6,12 @@
 #include <cmath>
 #include <limits>
 
+#include "common/vmath.h"
 #include "ops/matmul.h"
+#include "ops/matmul_kernels.h"
+
+// The vector helpers are inlined into each instruction-set variant; their ABI never crosses a call.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace edgellm {
 
@@ -198,13 +203,51 @@ void add(Forward& f, float* x, const float* y, int64_t width) {
     });
 }
 
+namespace {
+
+// g = silu(g) * u = g / (1 + exp(-g)) * u over n floats, 16 at a time with vmath::exp16 (the tail
+// through the same function), so an element's result does not depend on where it sits, and every
+// variant below gives the same bits. SmolLM2 (30 x 1536 elements per token): ~10 us per token where
+// the C library's expf took ~48 us (perf, a 5-token pass of the f16 file).
+inline void swiglu_body(float* g, const float* u, int64_t n) {
+    using vmath::f32x16;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const f32x16 x = vmath::load16(g + i);
+        vmath::store16(g + i, x / (1.0f + vmath::exp16(-x)) * vmath::load16(u + i));
+    }
+    for (; i < n; ++i) g[i] = g[i] / (1.0f + vmath::exp1(-g[i])) * u[i];
+}
+
+using SwigluFn = void (*)(float*, const float*, int64_t);
+
+__attribute__((flatten)) void swiglu_generic(float* g, const float* u, int64_t n) { swiglu_body(g, u, n); }
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx2"), flatten)) void swiglu_avx2(float* g, const float* u, int64_t n) {
+    swiglu_body(g, u, n);
+}
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq"), flatten)) void swiglu_avx512(float* g, const float* u,
+                                                                                         int64_t n) {
+    swiglu_body(g, u, n);
+}
+#endif
+
+// The variant of the matmul kernels' instruction set (set_isa() switches both).
+SwigluFn swiglu_for(ops::detail::Isa isa) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa == ops::detail::Isa::Avx512) return swiglu_avx512;
+    if (isa == ops::detail::Isa::Avx2) return swiglu_avx2;
+#endif
+    (void)isa;
+    return swiglu_generic;
+}
+
+}  // namespace
+
 void swiglu(Forward& f) {
     const int64_t n = f.hp.n_ff;
-    for_rows(f, f.n_tokens, 16 * n, [&](int64_t t) {
-        float* g = f.gate + t * n;
-        const float* u = f.up + t * n;
-        for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    });
+    const SwigluFn fn = swiglu_for(ops::detail::best_isa());
+    for_rows(f, f.n_tokens, 4 * n, [&](int64_t t) { fn(f.gate + t * n, f.up + t * n, n); });
 }
 
 void geglu(Forward& f) {
