@@ -50,6 +50,20 @@ def decode_one_by_one(model: LLM, ids: list[int]) -> np.ndarray:
     return np.stack(rows)
 
 
+def llama_variant_f32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, **config: Any) -> tuple[Path, Path]:
+    """(checkpoint, our f32 GGUF) of the tiny llama with `config` over its overrides, registered as `name`."""
+    from edgellm.converters.convert import ConvertOptions, convert
+    from helpers import tiny_models
+
+    _, tok, overrides = tiny_models.TINY["llama"]
+    monkeypatch.setitem(tiny_models.TINY, name, ("LlamaForCausalLM", tok, dict(overrides, **config)))
+    ckpt = tmp_path / "ckpt"
+    tiny_models.build_tiny(ckpt, name)
+    out = tmp_path / f"{name}.gguf"
+    convert(ckpt, out, ConvertOptions(quant="f32", progress=False))
+    return ckpt, out
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_match_transformers(convert_tiny, arch):
     ref = hf_logits(tiny_checkpoint(arch), PROMPT)
@@ -285,9 +299,6 @@ def test_sliding_window_limits_what_local_layers_see(convert_tiny, tmp_path):
 
 def test_llama3_rope_scaling_matches_transformers(tmp_path, monkeypatch):
     """Llama 3 rope scaling (per-frequency divisors in rope_freqs.weight), on a checkpoint made here."""
-    from edgellm.converters.convert import ConvertOptions, convert
-    from helpers import tiny_models
-
     rope = {
         "rope_type": "llama3",
         "factor": 8.0,
@@ -295,14 +306,7 @@ def test_llama3_rope_scaling_matches_transformers(tmp_path, monkeypatch):
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64,
     }
-    _, tok, overrides = tiny_models.TINY["llama"]
-    monkeypatch.setitem(
-        tiny_models.TINY, "llama3", ("LlamaForCausalLM", tok, dict(overrides, rope_scaling=rope))
-    )
-    ckpt = tmp_path / "ckpt"
-    tiny_models.build_tiny(ckpt, "llama3")
-    out = tmp_path / "llama3.gguf"
-    convert(ckpt, out, ConvertOptions(quant="f32", progress=False))
+    ckpt, out = llama_variant_f32(tmp_path, monkeypatch, "llama3", rope_scaling=rope)
     assert "rope_freqs.weight" in {t.name for t in GGUFReader(out).tensors}
     ids = LONG_PROMPT[:40]
     ref = hf_logits(ckpt, ids)
@@ -315,16 +319,8 @@ def test_wide_query_groups_match_transformers_at_any_thread_count(tmp_path, monk
     """Attention takes the query heads of a KV group together, at most four to a task: eight query heads on
     one KV head are split into runs (two at one or two threads, three at three), and head_dim 24 leaves a
     tail past the 16-float chunks. Every split gives the same bits, and the logits are transformers'."""
-    from edgellm.converters.convert import ConvertOptions, convert
-    from helpers import tiny_models
-
-    _, tok, overrides = tiny_models.TINY["llama"]
-    wide = dict(overrides, num_attention_heads=8, num_key_value_heads=1, head_dim=24)
-    monkeypatch.setitem(tiny_models.TINY, "llama_mqa", ("LlamaForCausalLM", tok, wide))
-    ckpt = tmp_path / "ckpt"
-    tiny_models.build_tiny(ckpt, "llama_mqa")
-    out = tmp_path / "llama_mqa.gguf"
-    convert(ckpt, out, ConvertOptions(quant="f32", progress=False))
+    ckpt, out = llama_variant_f32(tmp_path, monkeypatch, "llama_mqa", num_attention_heads=8, num_key_value_heads=1,
+                                  head_dim=24)
     ids = LONG_PROMPT[:40]
     ref = hf_logits(ckpt, ids)
     with llm(out, kv_type="f32") as m:
@@ -346,16 +342,8 @@ def test_ffn_width_past_the_vector_chunks_matches_transformers_on_every_isa(tmp_
     token by token (the f32 file takes the float matmul path, whose bits may differ between instruction
     sets; test_isa.py holds the integer path to the same bits everywhere)."""
     import edgellm
-    from edgellm.converters.convert import ConvertOptions, convert
-    from helpers import tiny_models
 
-    _, tok, overrides = tiny_models.TINY["llama"]
-    monkeypatch.setitem(tiny_models.TINY, "llama_ff120",
-                        ("LlamaForCausalLM", tok, dict(overrides, intermediate_size=120)))
-    ckpt = tmp_path / "ckpt"
-    tiny_models.build_tiny(ckpt, "llama_ff120")
-    out = tmp_path / "llama_ff120.gguf"
-    convert(ckpt, out, ConvertOptions(quant="f32", progress=False))
+    ckpt, out = llama_variant_f32(tmp_path, monkeypatch, "llama_ff120", intermediate_size=120)
     ids = LONG_PROMPT[:40]
     ref = hf_logits(ckpt, ids)
     before = edgellm.isa()
