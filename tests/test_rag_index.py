@@ -301,110 +301,152 @@ KEYWORD_QUERIES = ["watering tomatoes in the sun", "Saturn's rings through a sma
                    "bicycle chain oil and watering"]
 
 
+def _postings(index) -> tuple[set[str], int | None, int]:
+    """(terms with postings, the id they reach, dead chunks)."""
+    info = index.store.postings_info()
+    terms = {r[0] for r in index.store.conn.execute("SELECT term FROM keyword_postings")}
+    return terms, info and info.max_id, index.store.conn.execute("SELECT count(*) FROM keyword_dead").fetchone()[0]
+
+
 def test_keyword_search_ranks_as_fts5_bm25_of_the_or_query(tmp_path, embedder, monkeypatch):
-    """Keyword search sums FTS5's bm25 of each word (frequent words from a cache); the ranking and scores
-    must be FTS5's own for the OR query, from the cache too, and again after the index changes."""
-    from edgellm.rag import search
+    """Keyword search scores frequent terms from the index's postings and the other words with FTS5; the
+    ranking and scores must be FTS5's own for the OR query: with no postings, right after they are
+    written, after chunks are added, deleted and rewritten in place, after they are written again, and
+    with a byte budget that keeps only some terms."""
+    from edgellm.rag import keywords, search
 
     check = _check_keyword_ids
+    queries = [*KEYWORD_QUERIES, "running tomato x86_64 runs", "the of and", "zzzunknownword watering", "_ note"]
+    monkeypatch.setattr(keywords, "POSTINGS_MIN_ROWS", 10**6)  # too few chunks for postings
     rag_helpers.write_corpus(tmp_path / "docs", 12)
-    queries = KEYWORD_QUERIES
     with _index(tmp_path / "index.db", embedder) as index:
         index.add([tmp_path / "docs"], progress=False)
         searcher = search.Searcher(index.store, embedder)
-        check(searcher, index, queries)  # every word rare: one FTS5 statement per query
-        assert not searcher._common
-        monkeypatch.setattr(search, "_COMMON_ROWS", 1)  # every word frequent: one statement per word, cached
+        assert _postings(index) == (set(), None, 0)
+        check(searcher, index, queries)  # every word in one FTS5 statement
+
+        monkeypatch.setattr(keywords, "POSTINGS_MIN_ROWS", 2)  # the corpus is small: most terms count
+        monkeypatch.setattr(keywords, "REBUILD_FRACTION", 10.0)  # never written again unless asked below
+        index.add(rag_helpers.write_corpus(tmp_path / "more", 13)[12:], progress=False)
+        terms, max_id, dead = _postings(index)
+        assert {"water", "note", "part", "tomato"} <= terms and "zzzunknownword" not in terms and dead == 0
+        assert max_id == index.store.conn.execute("SELECT max(id) FROM chunks").fetchone()[0]
         check(searcher, index, queries)
-        cached = dict(searcher._common)
-        assert {"watering", "note", "part"} <= set(cached)
+        assert {"water", "note", "tomato"} <= set(searcher._keywords.cache)  # scored from the postings
+        assert searcher._keywords.beyond is None
+
+        index.add(rag_helpers.write_corpus(tmp_path / "more", 15)[13:], progress=False)  # newer chunks
         check(searcher, index, queries)
-        assert all(searcher._common[w] is cached[w] for w in cached)  # the second pass came from the cache
-        more = rag_helpers.write_corpus(tmp_path / "more", 14)[12:]
-        index.add(more, progress=False)  # more chunks: every idf and the average length move
+        assert searcher._keywords.beyond == "rowid > ?" and _postings(index)[1] == max_id
+
+        docs = sorted((tmp_path / "docs").iterdir())
+        index.remove(docs[0])  # deleted chunks
+        assert _postings(index)[2] > 0
         check(searcher, index, queries)
-        assert all(searcher._common[w] is not cached[w] for w in searcher._common)
-        monkeypatch.setattr(search, "_COMMON_CACHE_BYTES", 1)  # the cache keeps only the latest word
-        index.add(rag_helpers.write_corpus(tmp_path / "more", 15)[14:], progress=False)
+        more = sorted((tmp_path / "more").iterdir())
+        for path in more:  # the chunks up to the postings' last id and after: SQLite would reuse their ids
+            index.remove(path)
+        assert index.store.conn.execute("SELECT max(id) FROM chunks").fetchone()[0] < max_id
         check(searcher, index, queries)
-        assert len(searcher._common) == 1
+        index.add(more[:1], progress=False)
+        assert index.store.conn.execute("SELECT min(c.id) FROM chunks c JOIN documents d ON d.id = c.doc_id "
+                                        "WHERE d.path = ?", [str(more[0])]).fetchone()[0] > max_id
+        check(searcher, index, queries)
+
+        rewritten = index.store.conn.execute("SELECT min(id) FROM chunks").fetchone()[0]
+        assert rewritten <= max_id
+        index.store.conn.execute("UPDATE chunks SET text = 'tomato tomato running notes' WHERE id = ?",
+                                 [rewritten])  # by hand, in the sqlite3 shell, say
+        check(searcher, index, queries)
+        assert "keyword_dead" in searcher._keywords.beyond
+
+        monkeypatch.setattr(keywords, "REBUILD_FRACTION", 0.0)
+        index.remove(docs[1])  # written again: covers every chunk, nothing dead
+        terms, max_id, dead = _postings(index)
+        assert max_id == index.store.conn.execute("SELECT max(id) FROM chunks").fetchone()[0] and dead == 0
+        check(searcher, index, queries)
+        assert searcher._keywords.beyond is None
+
+        monkeypatch.setattr(search, "_POSTINGS_CACHE_BYTES", 1)  # the searcher keeps only the latest term
+        check(searcher, index, queries)
+        assert len(searcher._keywords.cache) == 1
+
+        most = index.store.conn.execute("SELECT max(length(ids)) FROM keyword_postings").fetchone()[0] // 4
+        monkeypatch.setattr(keywords, "POSTINGS_MAX_BYTES", 8 * most)  # room for the most frequent term or so
+        index.remove(docs[2])
+        kept = _postings(index)[0]
+        assert 0 < len(kept) < len(terms)
+        check(searcher, index, queries)
+
+        monkeypatch.setattr(keywords, "POSTINGS_MIN_ROWS", 10**6)  # too small again: postings dropped
+        index.remove(docs[3])
+        assert _postings(index) == (set(), None, 0)
+        check(searcher, index, queries)
         assert searcher.keyword_ids("the of and", 3) == searcher.keyword_ids("the of and", 3)  # only stopwords
         assert searcher.keyword_ids("zzzunknownword", 3) == []
 
 
-def test_word_scores_are_kept_for_later_sessions_until_the_chunks_change(tmp_path, embedder, monkeypatch):
-    """A new searcher (a later session) reads the word counts and scores an earlier one stored in the index;
-    a change to the chunks through any connection empties them; a row is stored only when nothing was written
-    between reading and storing, and storing never waits for another writer's lock."""
-    from edgellm.rag import search
+def test_keyword_postings_serve_other_connections_and_searches_never_write(tmp_path, embedder, monkeypatch):
+    """A searcher on another connection (another process, say) picks up postings written and chunks added
+    after it started; a search writes nothing to the index, so it answers at once while another writer
+    holds the lock."""
+    from edgellm.rag import keywords, search
     from edgellm.rag.sqlite import connect
 
-    monkeypatch.setattr(search, "_COMMON_ROWS", 2)  # the corpus is small: most words count as frequent
-    docs = rag_helpers.write_corpus(tmp_path / "docs", 12)
+    monkeypatch.setattr(keywords, "POSTINGS_MIN_ROWS", 2)
     db = tmp_path / "index.db"
     queries = [*KEYWORD_QUERIES, "watering zzzunknownword"]
-
-    def stored() -> dict[str, tuple]:
-        rows = index.store.conn.execute(
-            "SELECT word, n_chunks, ids IS NOT NULL FROM keyword_cache WHERE word != ''").fetchall()
-        return {w: (n, has) for w, n, has in rows}
-
     with _index(db, embedder) as index:
-        index.add([tmp_path / "docs"], progress=False)
-        first = search.Searcher(index.store, embedder)
-        _check_keyword_ids(first, index, queries)
-        kept = stored()
-        assert {w for w, (n, has) in kept.items() if has} >= {"watering", "note", "part"}
-        assert kept["zzzunknownword"] == (0, False)  # a rare word: its count alone
-        conn = index.store.conn
-        assert conn.execute("SELECT n_chunks FROM keyword_cache WHERE word = ''").fetchone()[0] == conn.execute(
-            "SELECT sum(length(ids) + length(scores)) FROM keyword_cache").fetchone()[0]
-        for word, (n, _) in kept.items():
-            assert n == index.store.conn.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?",
-                                                 [search._quoted(word)]).fetchone()[0], word
+        index.add(rag_helpers.write_corpus(tmp_path / "docs", 4), progress=False)
+        searcher = search.Searcher(index.store, embedder)
+        _check_keyword_ids(searcher, index, queries)
+        build = index.store.version()[1]
+        with _index(db, embedder) as other:
+            other.add(rag_helpers.write_corpus(tmp_path / "docs", 12)[4:], progress=False)  # written again
+        assert index.store.version()[1] > build
+        _check_keyword_ids(searcher, index, queries)
+        assert "water" in searcher._keywords.terms
+        with _index(db, embedder) as other:
+            other.add(rag_helpers.write_corpus(tmp_path / "more", 13)[12:], progress=False)  # newer chunks
+        _check_keyword_ids(searcher, index, queries)
+        assert searcher._keywords.beyond is not None
 
-        later = search.Searcher(index.store, embedder)
-        monkeypatch.setattr(later, "_measure", lambda word: pytest.fail(f"{word!r} measured again"))
-        _check_keyword_ids(later, index, queries)
-        assert later._common.keys() == {w for w, (_, has) in kept.items() if has}
-
-        epoch = index.store.chunks_epoch()
-        with _index(db, embedder) as other:  # another connection (another process, say) adds chunks
-            other.add([rag_helpers.write_corpus(tmp_path / "more", 14)[12]], progress=False)
-        assert index.store.chunks_epoch() > epoch and stored() == {}
-        monkeypatch.undo()
-        monkeypatch.setattr(search, "_COMMON_ROWS", 2)
-        _check_keyword_ids(later, index, queries)  # measured again: every idf has moved
-        assert stored().keys() == kept.keys()
-
-        # a write between measuring and storing: the result is returned, never stored
-        def measure_then_write():
-            result = later._measure("watering")
-            with _index(db, embedder) as other:
-                other.remove(docs[0])
-            return result
-
-        index.store.conn.execute("DELETE FROM keyword_cache")
-        n, ids, scores = index.store.measure_word("watering", search._BM25, measure_then_write, 1 << 20, 100)
-        assert n >= 2 and ids is not None and len(ids) == len(scores) == n and stored() == {}
-
-        # another writer holds the lock: searches still answer, at once, and store nothing
         blocker = connect(db)
         blocker.execute("BEGIN IMMEDIATE")
         try:
-            fresh = search.Searcher(index.store, embedder)
             t0 = time.monotonic()
-            _check_keyword_ids(fresh, index, queries)
-            assert time.monotonic() - t0 < 4.0  # the store's busy timeout is 5 s
-            assert stored() == {}
+            _check_keyword_ids(search.Searcher(index.store, embedder), index, queries)
+            assert time.monotonic() - t0 < 4.0  # a write would wait out the store's busy timeout (5 s)
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
 
-        monkeypatch.setattr(search, "_STORED_WORDS_MAX", 3)
-        monkeypatch.setattr(search, "_STORED_CACHE_BYTES", 0)  # no room for scores: frequent words not stored
-        _check_keyword_ids(search.Searcher(index.store, embedder), index, queries)
-        assert 0 < len(stored()) <= 3 and not any(has for _, has in stored().values())
+
+def test_an_index_of_schema_2_is_migrated(tmp_path, embedder):
+    """An index written before the keyword postings (schema 2, with its keyword_cache) opens, loses the
+    cache, and ingests and searches as a new one."""
+    from edgellm.rag import sqlite, store
+
+    db = tmp_path / "index.db"
+    conn = sqlite.connect(db)
+    conn.execute("BEGIN")
+    for migration in store.MIGRATIONS[:2]:
+        migration(conn, embedder.dim)
+    conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                     [("embedder_id", embedder.model_id), ("embedder_dim", str(embedder.dim))])
+    conn.execute("INSERT INTO keyword_cache(word, scoring, n_chunks) VALUES ('watering', 'bm25', 3)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("COMMIT")
+    conn.close()
+    with _index(db, embedder) as index:
+        assert index.store.conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+        tables = {r[0] for r in index.store.conn.execute("SELECT name FROM sqlite_master")}
+        assert "keyword_cache" not in tables and {"keyword_postings", "keyword_dead"} <= tables
+        epoch = index.store.chunks_epoch()
+        index.add(rag_helpers.write_corpus(tmp_path / "docs", 4), progress=False)
+        assert index.store.chunks_epoch() > epoch
+        _check_keyword_ids(index._searcher, index, KEYWORD_QUERIES)
+        _check_consistent(index)
 
 
 def test_narrow_path_filter_on_an_index_larger_than_a_knn_query(tmp_path, embedder):

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgellm.rag import keywords
 from edgellm.rag.answer import Answer, attribute, citations, stream_answer
 from edgellm.rag.embed import Embedder, default_embedder
 from edgellm.rag.ingest import IngestSummary, ingest
@@ -83,7 +84,10 @@ class Index:
     def remove(self, path: str | Path) -> bool:
         import os
 
-        return self.store.remove_document(os.path.abspath(path))
+        removed = self.store.remove_document(os.path.abspath(path))
+        if removed:
+            keywords.refresh(self.store)
+        return removed
 
     def stats(self) -> dict[str, Any]:
         return self.store.stats()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgellm.rag import keywords
 from edgellm.rag.chunking import chunk_document
 from edgellm.rag.embed import Embedder
 from edgellm.rag.extract import Document, ExtractError, extract, is_supported
@@ -110,6 +111,8 @@ def ingest(store: Store, embedder: Embedder, paths: Sequence[Path], *, prune: bo
         _ingest_files(files, store, embedder, summary, bar, max_tokens, overlap_tokens)
         if prune:
             _prune(store, paths, summary)
+        if summary.added or summary.updated or summary.removed:
+            keywords.refresh(store)  # the keyword postings, when the change is large enough to need it
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from edgellm import _core
 from edgellm.quant import GGMLType, quantize
+from edgellm.rag import keywords
 from edgellm.rag.embed import Embedder
 from edgellm.rag.store import Store
 
@@ -24,9 +24,7 @@ MODES = ("hybrid", "vector", "keyword")
 RRF_K = 60
 # Each list contributes this many candidates per requested result to the fusion.
 _FUSION_DEPTH = 8
-# BM25 weights of the FTS columns (heading, text): a word in a chunk's heading path says more about it.
-_BM25_WEIGHTS = (2.0, 1.0)
-_BM25 = f"bm25(chunks_fts, {_BM25_WEIGHTS[0]}, {_BM25_WEIGHTS[1]})"
+_BM25 = keywords.BM25_SQL  # column weights: keywords.WEIGHTS
 
 STOPWORDS = frozenset({"a", "about", "above", "after", "again", "against", "all", "am", "an", "and",
     "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both",
@@ -62,14 +60,8 @@ def keyword_words(text: str) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def _quoted(word: str) -> str:
-    """`word` as an FTS5 string: never read as query syntax."""
-    return '"' + word.replace('"', '""') + '"'
-
-
-def _any_of(words: list[str]) -> str:
-    """The FTS5 query that matches a chunk holding any of `words`."""
-    return " OR ".join(_quoted(w) for w in words)
+_quoted = keywords.quoted
+_any_of = keywords.any_of
 
 
 def keyword_query(text: str) -> str | None:
@@ -105,20 +97,10 @@ def _path_filter(path: str | None) -> tuple[str, list[Any]]:
 # two cores (77 MB), sqlite-vec's scan of its table about 20 ms. float16 keeps every score within 1e-4 of
 # the float32 one. Below it, sqlite-vec's KNN is as fast and costs no memory.
 WARM_MIN_VECTORS = 20_000
-# Keyword search sums FTS5's bm25 of each query word on its own. bm25 is a sum over the query's words of
-# idf(word) times a saturating function of the word's weighted count in the chunk and the chunk's length, so
-# the sum ranks exactly as FTS5's bm25 of the OR query does. What makes that query slow on a big index is
-# scoring every chunk that holds a frequent word (SQLite spends ~0.8 us per chunk and word), and frequent
-# words recur from query to query: the (chunk ids, scores) of a word held by at least _COMMON_ROWS chunks
-# stay in memory (least recently used dropped beyond _COMMON_CACHE_BYTES) and in the index's keyword_cache
-# table (up to _STORED_CACHE_BYTES and _STORED_WORDS_MAX words), for later sessions, until the chunks change.
-# The chunk count of every word is kept the same way. The rarer words of a query are scored by FTS5 together,
-# in one statement.
-_COMMON_ROWS = 1000
-_COMMON_CACHE_BYTES = 64 << 20
-_STORED_CACHE_BYTES = 64 << 20
-_STORED_WORDS_MAX = 100_000
-_ROW_COUNTS_MAX = 100_000  # words whose chunk count is remembered (a few bytes each)
+# Keyword search on a big index scores the words with postings from them (keywords.py); their arrays stay
+# in memory up to this many bytes for the index version they describe.
+_POSTINGS_CACHE_BYTES = 64 << 20
+_TERMS_CACHE_MAX = 100_000  # query words whose FTS5 terms are remembered
 _VEC0_MAX_K = 4096  # sqlite-vec refuses a KNN query for more neighbours
 
 
@@ -130,10 +112,8 @@ class Searcher:
         self._matrix: tuple[np.ndarray, Any] | None = None
         self._matrix_version = -1  # the chunks epoch _matrix and _n_vectors describe
         self._n_vectors = 0
-        self._words_version = -1  # the chunks epoch the word caches describe
-        self._row_counts: dict[str, int] = {}  # word -> chunks that hold it
-        self._common: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # word -> (ids, scores)
-        self._common_bytes = 0
+        self._keywords = keywords.KeywordState((-1, -1))
+        self._terms: dict[str, tuple[str, ...]] = {}  # query word -> its FTS5 terms
 
     def search(self, query: str, *, k: int = 5, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
         if mode not in MODES:
@@ -192,8 +172,7 @@ class Searcher:
             want = min(total, want * 4)
 
     def _version(self) -> int:
-        """Changes with every change to the chunks, by any connection (not with the keyword scores a
-        searcher stores)."""
+        """Changes with every change to the chunks, by any connection."""
         return self.store.chunks_epoch()
 
     def _warm_matrix(self) -> tuple[np.ndarray, Any] | None:
@@ -230,12 +209,24 @@ class Searcher:
                 f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
                 [_any_of(words), *args, k])
             return [(cid, -score) for cid, score in rows]
-        self._sync_words()
-        counts = [self._row_count(w) for w in words]
-        parts = [self._common_scores(w) for w, n in zip(words, counts) if n >= _COMMON_ROWS]
-        rare = [w for w, n in zip(words, counts) if 0 < n < _COMMON_ROWS]
-        if rare:
-            parts.append(self._scores(_any_of(rare)))
+        with self.store.read():
+            version = self.store.version()
+            if self._keywords.version != version:
+                self._keywords = keywords.load_state(self.store, version)
+            state = self._keywords
+            scored, terms, rest = [], [], []
+            if state.terms:
+                for word, word_terms in zip(words, self._fts_terms(words)):
+                    if len(word_terms) == 1 and word_terms[0] in state.terms:
+                        scored.append(word)
+                        terms.append(word_terms[0])
+                    elif word_terms:  # a word with no terms (only separators to FTS5) matches nothing
+                        rest.append(word)
+            else:
+                rest = words
+            parts = keywords.scores(self.store, state, scored, terms, _POSTINGS_CACHE_BYTES)
+            if rest:
+                parts.append(self._scores(_any_of(rest)))
         totals, hit = _sum_scores(parts)
         n = min(k, len(hit))
         if n <= 0:
@@ -244,69 +235,20 @@ class Searcher:
         top = top[np.lexsort((top, -totals[top]))]
         return [(int(i), float(totals[i])) for i in top]
 
-    def _row_count(self, word: str) -> int:
-        """Chunks that hold `word` (remembered for this index version)."""
-        n = self._row_counts.get(word)
-        return self._load_word(word)[0] if n is None else n
-
-    def _load_word(self, word: str) -> tuple[int, tuple[np.ndarray, np.ndarray] | None]:
-        """(chunks that hold word, its _scores when it is frequent), as stored in the index by an earlier
-        search, or measured now (and stored); both kept in memory."""
-        row = self.store.cached_word(word, _BM25)
-        if row is None or (row[0] >= _COMMON_ROWS and row[1] is None):
-            row = self.store.measure_word(word, _BM25, lambda: self._measure(word),
-                                         _STORED_CACHE_BYTES, _STORED_WORDS_MAX)
-        n, ids, scores = row
-        if len(self._row_counts) >= _ROW_COUNTS_MAX:
-            self._row_counts.clear()
-        self._row_counts[word] = n
-        if ids is None or scores is None:
-            return n, None
-        hit = (ids, scores)
-        old = self._common.pop(word, None)
-        if old is not None:
-            self._common_bytes -= old[0].nbytes + old[1].nbytes
-        self._common[word] = hit
-        self._common_bytes += ids.nbytes + scores.nbytes
-        while self._common_bytes > _COMMON_CACHE_BYTES and len(self._common) > 1:
-            _, (old_ids, old_scores) = self._common.popitem(last=False)
-            self._common_bytes -= old_ids.nbytes + old_scores.nbytes
-        return n, hit
-
-    def _measure(self, word: str) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """(chunks that hold word, and for a frequent word their ids and scores), from FTS5."""
-        n = self.store._query_one("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", [_quoted(word)])[0]
-        if n < _COMMON_ROWS:
-            return n, None, None
-        ids, scores = self._scores(_quoted(word))
-        return n, ids, scores
-
-    def _sync_words(self) -> None:
-        """Drops what the word caches hold once the index has changed (N, average length and idf move)."""
-        version = self._version()
-        if version != self._words_version:
-            self._words_version = version
-            self._row_counts.clear()
-            self._common.clear()
-            self._common_bytes = 0
+    def _fts_terms(self, words: list[str]) -> list[tuple[str, ...]]:
+        """Each word's FTS5 terms (remembered)."""
+        new = [w for w in words if w not in self._terms]
+        if new:
+            if len(self._terms) + len(new) > _TERMS_CACHE_MAX:
+                self._terms.clear()
+            self._terms.update(zip(new, keywords.fts_terms(self.store, new)))
+        return [self._terms[w] for w in words]
 
     def _scores(self, match: str) -> tuple[np.ndarray, np.ndarray]:
         """(chunk ids, -bm25) of every chunk that matches the FTS5 query `match`."""
         rows = self.store._query(f"SELECT rowid, {_BM25} FROM chunks_fts WHERE chunks_fts MATCH ?", [match])
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        if len(ids) and 0 <= ids.min() and ids.max() < 2**31:
-            ids = ids.astype(np.int32)  # half the memory in the cache
-        # float32 keeps every score within 1e-7 of FTS5's (relative); sums are taken in float64
-        return ids, -np.fromiter((r[1] for r in rows), np.float32, len(rows))
-
-    def _common_scores(self, word: str) -> tuple[np.ndarray, np.ndarray]:
-        """_scores of one frequent word, from the caches when they hold them."""
-        hit = self._common.get(word)
-        if hit is not None:
-            self._common.move_to_end(word)
-            return hit
-        hit = self._load_word(word)[1]
-        return hit if hit is not None else self._scores(_quoted(word))
+        return ids, -np.fromiter((r[1] for r in rows), np.float64, len(rows))
 
     def _filter_ids(self, ids: list[int] | None, where: str, args: list[Any]) -> set[int]:
         """The chunk ids among `ids` (all chunks when None) whose document passes the path filter."""

@@ -6,9 +6,10 @@
                                 heading path (JSON array), token count
     chunks_fts                  FTS5 over chunks(heading, text), external content kept in step by triggers
     chunks_vec                  sqlite-vec vec0 table: chunk id -> float32[dim] embedding (cosine distance)
-    keyword_cache(word, ...)    per query word: the chunks that hold it and, for a frequent word, their bm25
-                                scores, kept for later sessions; emptied by triggers when any chunk changes,
-                                which also count meta's chunks_epoch up
+    keyword_postings(term, ...) per term held by many chunks: the chunk ids, the term's weighted count and
+                                the chunk's length in tokens of each (see keywords.py), written by an ingest
+    keyword_dead(id)            chunks deleted (or rewritten) since the postings were written, by a trigger
+    meta's chunks_epoch counts every change to the chunks (a trigger); postings_build every postings write
 
 The schema is versioned by `PRAGMA user_version` and built by the numbered migrations below, applied
 in order inside one transaction each. chunks_vec is written by this module only (not by triggers), so the
@@ -28,6 +29,9 @@ import numpy as np
 
 from edgellm.rag import sqlite
 from edgellm.rag.errors import EmbedderMismatchError, RagError
+
+# The tokenizer of chunks_fts (migration 1); keywords.py tokenizes query words with it.
+FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
 
 
 def _migration_1(conn: Any, dim: int) -> None:
@@ -99,8 +103,35 @@ def _migration_2(conn: Any, dim: int) -> None:
             END""")
 
 
+def _migration_3(conn: Any, dim: int) -> None:
+    """keyword_cache (bm25 scores per query word, dropped at every change) gives way to keyword_postings,
+    which stay right as chunks come and go."""
+    for event in ("insert", "delete", "update"):
+        conn.execute(f"DROP TRIGGER chunks_epoch_{event}")
+        conn.execute(f"""
+            CREATE TRIGGER chunks_epoch_{event} AFTER {event.upper()} ON chunks BEGIN
+                UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'chunks_epoch';
+            END""")
+    conn.execute("DROP TABLE keyword_cache")
+    conn.execute("""
+        CREATE TABLE keyword_postings (
+            term        TEXT PRIMARY KEY,       -- an FTS5 term (stemmed) held by many chunks
+            ids         BLOB NOT NULL,          -- int32 chunk ids, ascending, little-endian
+            counts      BLOB NOT NULL,          -- uint16 each: the term's occurrences, weighted by column
+            lengths     BLOB NOT NULL           -- uint16 each: the chunk's tokens, all columns
+        )""")
+    conn.execute("CREATE TABLE keyword_dead (id INTEGER PRIMARY KEY)")
+    conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('postings_build', '0')")
+    for event in ("delete", "update"):
+        conn.execute(f"""
+            CREATE TRIGGER chunks_dead_{event} AFTER {event.upper()} ON chunks
+            WHEN old.id <= (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'postings_max_id') BEGIN
+                INSERT OR IGNORE INTO keyword_dead(id) VALUES (old.id);
+            END""")
+
+
 # Migration N takes the schema from user_version N-1 to N. Append; never edit a released one.
-MIGRATIONS: tuple[Callable[[Any, int], None], ...] = (_migration_1, _migration_2)
+MIGRATIONS: tuple[Callable[[Any, int], None], ...] = (_migration_1, _migration_2, _migration_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -112,6 +143,12 @@ class DocumentRow:
     size: int
     mtime: float
     n_chunks: int
+
+
+@dataclass(frozen=True)
+class PostingsInfo:
+    max_id: int         # the postings cover the chunks up to this id, as they were when written
+    scoring: str        # the bm25 expression they serve
 
 
 @dataclass(frozen=True)
@@ -233,14 +270,18 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, sha256, size, mtime, kind, title, json.dumps(metadata), time.time()))
             doc_id = cur.lastrowid
+            # ids are never reused below the postings' reach (SQLite would reuse a deleted largest id)
+            next_id, = self.conn.execute(
+                "SELECT max(coalesce((SELECT max(id) FROM chunks), 0), coalesce((SELECT CAST(value AS INTEGER) "
+                "FROM meta WHERE key = 'postings_max_id'), 0)) + 1").fetchone()
             for seq, (c, v) in enumerate(zip(chunks, vectors)):
-                cur = self.conn.execute(
-                    "INSERT INTO chunks(doc_id, seq, text, char_start, char_end, heading, n_tokens) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (doc_id, seq, c.text, c.start, c.end, json.dumps(list(c.heading), ensure_ascii=False),
-                     c.n_tokens))
+                self.conn.execute(
+                    "INSERT INTO chunks(id, doc_id, seq, text, char_start, char_end, heading, n_tokens) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (next_id + seq, doc_id, seq, c.text, c.start, c.end,
+                     json.dumps(list(c.heading), ensure_ascii=False), c.n_tokens))
                 self.conn.execute("INSERT INTO chunks_vec(chunk_id, embedding) VALUES (?, ?)",
-                                  (cur.lastrowid, v.tobytes()))
+                                  (next_id + seq, v.tobytes()))
         return doc_id
 
     def remove_document(self, path: str) -> bool:
@@ -264,62 +305,33 @@ class Store:
         it stays the same."""
         return int(self._query_one("SELECT value FROM meta WHERE key = 'chunks_epoch'")[0])
 
-    def cached_word(self, word: str, scoring: str) -> tuple[int, np.ndarray | None, np.ndarray | None] | None:
-        """(chunks holding word, their int32 ids and float32 scores or None for a rare word) as a searcher
-        stored them since the chunks last changed; None when not stored."""
-        row = self._query_one("SELECT n_chunks, ids, scores FROM keyword_cache WHERE word = ? AND scoring = ?",
-                              (word, scoring))
-        if row is None:
-            return None
-        n, ids, scores = row
-        if ids is None or scores is None:
-            return int(n), None, None
-        return int(n), np.frombuffer(ids, "<i4"), np.frombuffer(scores, "<f4")
+    def version(self) -> tuple[int, int]:
+        """(chunks_epoch, postings_build): what a searcher's keyword state is valid for."""
+        rows = dict(self._query("SELECT key, value FROM meta WHERE key IN ('chunks_epoch', 'postings_build')"))
+        return int(rows["chunks_epoch"]), int(rows["postings_build"])
 
-    def measure_word(self, word: str, scoring: str,
-                     measure: Callable[[], tuple[int, np.ndarray | None, np.ndarray | None]],
-                     max_bytes: int, max_words: int) -> tuple[int, np.ndarray | None, np.ndarray | None]:
-        """Runs measure() -> (chunks holding word, ids, scores) and stores its result for later sessions.
-        measure() reads inside a transaction that then writes the row, so a stored row is never older
-        than the chunks it describes: when another connection has written since the read began, SQLite
-        refuses the write and the result is only returned. Never waits for a lock (an ingest may hold
-        it) and never fails for a read-only file. Stores at most max_words words and max_bytes of ids
-        and scores (their total is kept in the row of the empty word, which no query looks up)."""
-        error = sqlite.binding().Error
-        if self.conn.in_transaction:  # inside a caller's transaction: its snapshot is not ours to keep
-            return measure()
-        self.conn.execute("BEGIN")
-        try:
-            n, ids, scores = measure()
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        try:
-            self.conn.execute("PRAGMA busy_timeout = 0")
-            # rows are only ever removed all at once, so the largest rowid counts the rows written since
-            words = self.conn.execute("SELECT coalesce(max(rowid), 0) FROM keyword_cache").fetchone()[0]
-            held = self.conn.execute("SELECT n_chunks FROM keyword_cache WHERE word = ''").fetchone()
-            held = held[0] if held else 0
-            blobs: tuple[bytes | None, bytes | None] = (None, None)
-            if (ids is not None and scores is not None and ids.dtype == np.int32
-                    and held + ids.nbytes + scores.nbytes <= max_bytes):
-                blobs = (ids.astype("<i4").tobytes(), scores.astype("<f4").tobytes())
-            # a frequent word's count without its scores would not save the scan
-            if words < max_words and (ids is None or blobs[0] is not None):
-                self.conn.execute("INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks, ids, scores) "
-                                  "VALUES (?, ?, ?, ?, ?)", (word, scoring, n, *blobs))
-                if blobs[0] is not None:
-                    self.conn.execute("INSERT OR REPLACE INTO keyword_cache(word, scoring, n_chunks) "
-                                      "VALUES ('', '', ?)", (held + ids.nbytes + scores.nbytes,))
-            self.conn.execute("COMMIT")
-        except error:
-            try:
-                self.conn.execute("ROLLBACK")
-            except error:
-                pass
-        finally:
-            self.conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        return n, ids, scores
+    def read(self) -> _Read:
+        """A read transaction (one snapshot for every statement in it), unless one is open already."""
+        return _Read(self)
+
+    def postings_info(self) -> PostingsInfo | None:
+        rows = dict(self._query("SELECT key, value FROM meta WHERE key IN ('postings_max_id', 'postings_scoring')"))
+        if "postings_max_id" not in rows:
+            return None
+        return PostingsInfo(int(rows["postings_max_id"]), rows.get("postings_scoring", ""))
+
+    def write_postings(self, rows: Sequence[tuple[str, bytes, bytes, bytes]], max_id: int | None,
+                       scoring: str | None) -> None:
+        """Replaces the keyword postings with `rows` (term, ids, counts, lengths) covering the chunks up to
+        max_id (None: no postings). Inside the caller's transaction."""
+        self.conn.execute("DELETE FROM keyword_postings")
+        self.conn.execute("DELETE FROM keyword_dead")
+        self.conn.executemany("INSERT INTO keyword_postings(term, ids, counts, lengths) VALUES (?, ?, ?, ?)", rows)
+        self.conn.execute("DELETE FROM meta WHERE key IN ('postings_max_id', 'postings_scoring')")
+        if max_id is not None and scoring is not None:
+            self.conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)",
+                                  [("postings_max_id", str(max_id)), ("postings_scoring", scoring)])
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'postings_build'")
 
     # ---- statistics ---------------------------------------------------------------------------------
 
@@ -333,6 +345,21 @@ class Store:
                 "chunks": n_chunks, "tokens": n_tokens, "vectors": n_vectors, "kinds": kinds,
                 "embedder_id": meta.get("embedder_id"), "embedder_dim": int(meta.get("embedder_dim", 0)),
                 "file_bytes": self.path.stat().st_size if self.path.exists() else 0}
+
+
+class _Read:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.own = False
+
+    def __enter__(self) -> None:
+        if not self.store.conn.in_transaction:
+            self.store.conn.execute("BEGIN")
+            self.own = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.own:
+            self.store.conn.execute("COMMIT")
 
 
 class _Transaction:
