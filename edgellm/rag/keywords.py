@@ -15,8 +15,8 @@ chunks come and go:
 - chunks deleted since (keyword_dead, filled by a trigger) are left out;
 - chunks added since (ids above meta's postings_max_id, never reused below it) are scored by FTS5;
 - a change to the chunks large enough (REBUILD_FRACTION of them) has the next ingest write them again.
-A search word that is one such term is scored from them with numpy; every other word goes to FTS5 in one
-statement, as before. Rankings and scores are FTS5's own for the OR of the words (the tests check this).
+A search word that is one such term is scored from them with numpy; the other words go to FTS5, all in one
+statement. Rankings and scores are FTS5's own for the OR of the words (the tests check this).
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ class KeywordState:
     terms: frozenset[str] = frozenset()  # terms with postings
     max_id: int = 0
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted
-    # rows FTS5 must score besides the postings: None, "rowid > ?" or that plus the dead ids that were reused
+    # rows FTS5 must score besides the postings: None, those past max_id, or those and the dead ids that
+    # exist again (rows rewritten in place)
     beyond: str | None = None
     n_rows: int = 0
     avgdl: float = 1.0
