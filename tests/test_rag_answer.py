@@ -129,6 +129,7 @@ def test_cli_index_search_stats_ask(tmp_path):
 
     stats = json.loads(_cli("stats", "--db", str(db), "--json").stdout)
     assert stats["documents"] == 1 and stats["chunks"] >= 1 and stats["embedder_dim"] == 384
+    assert stats["keyword_postings"] == {"terms": 0, "bytes": 0}  # a small index needs none
 
     asked = _cli("ask", "--db", str(db), "Where is the coffee machine?", "-k", "2", "-m", str(smollm2_gguf_path()))
     assert asked.returncode == 0, asked.stderr

@@ -331,6 +331,8 @@ def test_keyword_search_ranks_as_fts5_bm25_of_the_or_query(tmp_path, embedder, m
         terms, max_id, dead = _postings(index)
         assert {"water", "note", "part", "tomato"} <= terms and "zzzunknownword" not in terms and dead == 0
         assert max_id == index.store.conn.execute("SELECT max(id) FROM chunks").fetchone()[0]
+        n_postings = index.store.conn.execute("SELECT sum(length(ids)) / 4 FROM keyword_postings").fetchone()[0]
+        assert index.stats()["keyword_postings"] == {"terms": len(terms), "bytes": 8 * n_postings}
         check(searcher, index, queries)
         assert {"water", "note", "tomato"} <= set(searcher._keywords.cache)  # scored from the postings
         assert searcher._keywords.beyond is None

@@ -148,3 +148,6 @@ def stats_cmd(db: Path, as_json: bool) -> None:
     click.echo(f"embedder   {stats['embedder_id']} (dimension {stats['embedder_dim']})")
     click.echo(f"documents  {stats['documents']} ({kinds})")
     click.echo(f"chunks     {stats['chunks']} ({stats['tokens']} tokens, {stats['vectors']} vectors)")
+    postings = stats["keyword_postings"]
+    if postings["terms"]:
+        click.echo(f"keywords   postings of {postings['terms']} frequent terms ({postings['bytes'] / 1e6:.1f} MB)")

@@ -340,10 +340,13 @@ class Store:
         n_chunks, n_tokens = self._query_one("SELECT count(*), coalesce(sum(n_tokens), 0) FROM chunks")
         n_vectors, = self._query_one("SELECT count(*) FROM chunks_vec")
         kinds = dict(self._query("SELECT kind, count(*) FROM documents GROUP BY kind ORDER BY kind"))
+        terms, postings_bytes = self._query_one(
+            "SELECT count(*), coalesce(sum(length(ids) + length(counts) + length(lengths)), 0) FROM keyword_postings")
         meta = self.meta()
         return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "documents": n_docs,
                 "chunks": n_chunks, "tokens": n_tokens, "vectors": n_vectors, "kinds": kinds,
                 "embedder_id": meta.get("embedder_id"), "embedder_dim": int(meta.get("embedder_dim", 0)),
+                "keyword_postings": {"terms": terms, "bytes": postings_bytes},
                 "file_bytes": self.path.stat().st_size if self.path.exists() else 0}
 
 
