@@ -91,6 +91,27 @@ def test_default_embedder_matches_transformers(embedder):
     assert abs(np.linalg.norm(q) - 1) < 1e-5 and int(np.argmax(int8 @ q)) in (0, 1)
 
 
+def test_a_text_embeds_the_same_whatever_it_is_embedded_with(embedder):
+    """The int8 model quantizes its activations on the fly, over all the inputs of one run: a text shares a
+    run with no other, so its vector does not depend on which texts, or how many, it was embedded with; on
+    one session or several; and it equals the query side's for the same text."""
+    from edgellm.rag.embed import OnnxEmbedder
+
+    texts = [f"Note {i}: " + "Valgrind's Memcheck reports invalid reads of freed heap blocks. " * (1 + i % 4)
+             for i in range(9)]
+    alone = np.stack([embedder.embed_documents([t])[0] for t in texts])
+    assert np.array_equal(embedder.embed_documents(texts), alone)
+    assert np.array_equal(embedder.embed_documents(texts[::-1])[::-1], alone)
+    assert np.array_equal(embedder.embed_query(texts[3]), alone[3])
+    one = OnnxEmbedder(embedder.folder, model_id=embedder.model_id, dim=embedder.dim, threads=2, sessions=1,
+                       batch_size=1)
+    assert np.array_equal(one.embed_documents(texts), alone)
+    batched = OnnxEmbedder(embedder.folder, model_id=embedder.model_id, dim=embedder.dim, threads=2, sessions=1,
+                           batch_size=4)  # runs of four texts: each one's vector moves with its company
+    close = np.sum(batched.embed_documents(texts) * alone, axis=1)
+    assert close.min() > 0.99
+
+
 # ---- incremental ingest ----------------------------------------------------------------------------------
 
 def test_reingest_adds_nothing_and_a_change_replaces_only_its_chunks(tmp_path, embedder):
