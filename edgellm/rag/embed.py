@@ -80,19 +80,20 @@ class OnnxEmbedder:
                 raise RagError(f"{self.folder}: not an ONNX embedding model folder: {name} is missing")
         self.dim = dim if dim is not None else _output_dim(self.folder / model_file)
         self.model_id = model_id or f"{self.folder.name}@{_file_digest(self.folder / model_file)[:12]}"
-        # Documents are embedded by `sessions` one-thread ONNX Runtime sessions side by side, each on its
-        # share of the texts one at a time (default: one per thread, for a model file up to _PARALLEL_MAX_BYTES;
-        # a bigger one gets one session of `threads` threads). On two cores, the valgrind manual's chunks
-        # (~180 tokens) embed ~5% faster that way than by one two-thread session at its best batch size (2),
-        # and that ~15% faster (int8) than eight at a time (medians of interleaved runs: small batches keep
-        # a run's activations in the cores' caches, and ONNX Runtime's threads meet at every node). A text
-        # at a time also pads nothing. (fastembed's own `parallel` starts worker processes on each call.)
+        # Documents are embedded by `sessions` ONNX Runtime sessions side by side, each on its share of the
+        # texts, one text a run (default: one one-thread session per thread for a model file up to
+        # _PARALLEL_MAX_BYTES; a bigger one gets one session of `threads` threads, two texts a run). On two
+        # cores, int8, the valgrind manual's chunks (~180 tokens; medians of interleaved runs): the embedder
+        # alone 159 chunks/s that way, 151 on one two-thread session two texts a run, ~140 eight a run;
+        # whole ingests 141-148 against 111-123 for the latter. Small runs keep their activations in the
+        # cores' caches, ONNX Runtime's threads need not meet at every node, and one text pads nothing.
+        # (fastembed's own `parallel` starts worker processes on every call.)
         threads = threads or os.cpu_count() or 1
         if sessions is None:
             small = (self.folder / model_file).stat().st_size <= _PARALLEL_MAX_BYTES
             sessions = threads if small else 1
         self._n_sessions = max(1, sessions)
-        self._threads = 1 if self._n_sessions > 1 else threads
+        self._threads = max(1, threads // self._n_sessions)
         self.batch_size = batch_size or (1 if self._n_sessions > 1 else 2)
         pool = {"mean": PoolingType.MEAN, "cls": PoolingType.CLS}.get(pooling)
         if pool is None:
@@ -107,9 +108,10 @@ class OnnxEmbedder:
         self._name = name
         self._models = [self._session(self._threads)]  # the rest are made on first use
         self._pool: ThreadPoolExecutor | None = None
-        # Queries run on a one-thread session of their own, made on first use: a query is a few tokens,
-        # and ONNX Runtime's idle worker threads spin on the cores for a while after each run, which would
-        # halve the speed of the vector scan that follows on a two-core machine.
+        # Queries run on a one-thread session (the first document session when it has one thread, else one
+        # of their own, made on first use): a query is a few tokens, and ONNX Runtime's idle worker threads
+        # spin on the cores for a while after each run, which would halve the speed of the vector scan that
+        # follows on a two-core machine.
         self._query_model: TextEmbedding | None = None
         self._tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self._tokenizer.no_truncation()
@@ -124,7 +126,7 @@ class OnnxEmbedder:
         if n == 1:
             return self._embed(self._models[0], texts)
         while len(self._models) < n:
-            self._models.append(self._session(1))
+            self._models.append(self._session(self._threads))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._n_sessions, thread_name_prefix="edgellm-embed")
         shares = [list(range(i, len(texts), n)) for i in range(n)]  # dealt in turn: a like mix of lengths
