@@ -60,15 +60,11 @@ def keyword_words(text: str) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-_quoted = keywords.quoted
-_any_of = keywords.any_of
-
-
 def keyword_query(text: str) -> str | None:
     """An FTS5 query for free text: its keyword_words, quoted, joined with OR; BM25 ranks chunks with
     more and rarer words first."""
     words = keyword_words(text)
-    return _any_of(words) if words else None
+    return keywords.any_of(words) if words else None
 
 
 def _sum_scores(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +203,7 @@ class Searcher:
                 f"SELECT f.rowid, {_BM25} AS score "
                 "FROM chunks_fts f JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.doc_id "
                 f"WHERE chunks_fts MATCH ? AND {where} ORDER BY score LIMIT ?",
-                [_any_of(words), *args, k])
+                [keywords.any_of(words), *args, k])
             return [(cid, -score) for cid, score in rows]
         with self.store.read():
             version = self.store.version()
@@ -226,7 +222,7 @@ class Searcher:
                 rest = words
             parts = keywords.scores(self.store, state, scored, terms, _POSTINGS_CACHE_BYTES)
             if rest:
-                parts.append(self._scores(_any_of(rest)))
+                parts.append(self._scores(keywords.any_of(rest)))
         totals, hit = _sum_scores(parts)
         n = min(k, len(hit))
         if n <= 0:

@@ -170,7 +170,6 @@ class Store:
         dimension, checks that the index was built with that model; without them, opens for reading
         statistics only and never creates."""
         self.path = Path(path)
-        self._busy_timeout_ms = int(busy_timeout_s * 1000)
         if not self.path.exists() and (not create or embedder_id is None or dim is None):
             raise RagError(f"{self.path}: no such index (build one with `edgellm rag index PATH --db FILE`)")
         if self.path.exists() and self.path.is_dir():
