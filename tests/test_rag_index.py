@@ -444,6 +444,48 @@ def test_keyword_postings_serve_other_connections_and_searches_never_write(tmp_p
             blocker.close()
 
 
+def _stored_vectors(index, path: Path) -> list[tuple[str, tuple[str, ...], np.ndarray]]:
+    """(text, heading path, stored vector) of each chunk of the document at path, in order."""
+    rows = index.store.conn.execute(
+        "SELECT c.text, c.heading, v.embedding FROM chunks c JOIN documents d ON d.id = c.doc_id "
+        "JOIN chunks_vec v ON v.chunk_id = c.id WHERE d.path = ? ORDER BY c.seq", (str(path),)).fetchall()
+    return [(text, tuple(json.loads(heading)), np.frombuffer(vec, np.float32)) for text, heading, vec in rows]
+
+
+def test_chunks_embed_with_their_title_and_an_older_index_keeps_its_heading_paths(tmp_path, embedder):
+    """A new index embeds a chunk as its document's title, a blank line, then its text (meta embedding_text
+    "title"); an index made before (no such key) goes on embedding the whole heading path; a recipe this
+    version does not know is refused by name before anything is written."""
+    from edgellm.rag import RagError
+
+    section = "\n\n".join(f"Paragraph {i} on how the pump primes itself after a dry start." for i in range(30))
+    doc = tmp_path / "docs" / "pump.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Pump manual\n\nIntro.\n\n## Priming\n\n### After a dry start\n\n{section}\n")
+    db = tmp_path / "index.db"
+    with _index(db, embedder) as index:
+        index.add([doc], progress=False)
+        assert index.store.meta()["embedding_text"] == "title" == index.stats()["embedding_text"]
+        chunks = _stored_vectors(index, doc)
+        assert any(len(heading) == 3 for _, heading, _ in chunks)
+        for text, heading, vec in chunks:
+            assert np.array_equal(vec, embedder.embed_documents([f"Pump manual\n\n{text}"])[0])
+        # an index made before the recipe was recorded
+        index.store.conn.execute("DELETE FROM meta WHERE key = 'embedding_text'")
+        doc.write_text(doc.read_text() + "\nOne more line.\n")
+        index.add([doc], progress=False)
+        assert index.stats()["embedding_text"] == "heading"
+        for text, heading, vec in _stored_vectors(index, doc):
+            path = " > ".join(heading if heading[:1] == ("Pump manual",) else ("Pump manual", *heading))
+            assert np.array_equal(vec, embedder.embed_documents([f"{path}\n\n{text}"])[0])
+        before = _stored_vectors(index, doc)
+        index.store.conn.execute("INSERT INTO meta(key, value) VALUES ('embedding_text', 'summary')")
+        doc.write_text(doc.read_text() + "\nAnd another.\n")
+        with pytest.raises(RagError, match=r"index\.db: meta embedding_text 'summary' is not one"):
+            index.add([doc], progress=False)
+        assert [t for t, _, _ in _stored_vectors(index, doc)] == [t for t, _, _ in before]
+
+
 def test_an_index_of_schema_2_is_migrated(tmp_path, embedder):
     """An index written before the keyword postings (schema 2, with its keyword_cache) opens, loses the
     cache, and ingests and searches as a new one."""

@@ -145,7 +145,8 @@ def stats_cmd(db: Path, as_json: bool) -> None:
         return
     kinds = ", ".join(f"{n} {kind}" for kind, n in stats["kinds"].items()) or "none"
     click.echo(f"index      {stats['path']} (schema {stats['schema_version']}, {stats['file_bytes'] / 1e6:.1f} MB)")
-    click.echo(f"embedder   {stats['embedder_id']} (dimension {stats['embedder_dim']})")
+    click.echo(f"embedder   {stats['embedder_id']} (dimension {stats['embedder_dim']}; embeds a chunk with its "
+               f"{'title' if stats['embedding_text'] == 'title' else 'heading path'})")
     click.echo(f"documents  {stats['documents']} ({kinds})")
     click.echo(f"chunks     {stats['chunks']} ({stats['tokens']} tokens, {stats['vectors']} vectors)")
     postings = stats["keyword_postings"]

@@ -22,7 +22,7 @@ from edgellm.rag import keywords
 from edgellm.rag.chunking import chunk_document
 from edgellm.rag.embed import Embedder
 from edgellm.rag.extract import Document, ExtractError, extract, is_supported
-from edgellm.rag.store import NewChunk, Store
+from edgellm.rag.store import EMBED_HEADING, EMBED_TITLE, NewChunk, Store
 
 # Documents wait for embedding until this many chunks are pending (one model batch run), then each
 # commits alone. Bigger batches keep the model busy; smaller ones lose less work to an interruption.
@@ -61,12 +61,23 @@ class _Pending:
     is_update: bool
 
 
-def embedding_text(heading: Sequence[str], title: str | None, text: str) -> str:
-    """What the embedder sees for a chunk: its place in the document, then the text. The heading path
-    carries the topic that a section's body often leaves implicit."""
-    path = [h for h in heading if h]
-    if title and (not path or path[0] != title):
-        path.insert(0, title)
+def embedding_text(heading: Sequence[str], title: str | None, text: str, recipe: str = EMBED_TITLE) -> str:
+    """What the embedder sees for a chunk (the store's embedding_text recipe):
+
+    - "title" (indexes made from now on): the document's title, then the text. The title places a chunk in its
+      document; the section path is left to the keyword side (FTS5 scores the heading column), where its words
+      count without diluting the chunk's own in a mean-pooled vector. Against the whole heading path, hybrid
+      recall@5 / MRR@5 rose from 0.943 / 0.863 to 0.959 / 0.874 on the Valgrind manual's questions and from
+      0.950 / 0.887 to 0.960 / 0.896 on the held-out Node.js API set (bench/rag.py), with 6% and 19% fewer
+      tokens to embed. (The text alone: 0.964 / 0.889 on the first set, but 0.960 / 0.868 on the second.)
+    - "heading" (indexes made before): the heading path, title first, then the text; kept so an older index
+      embeds its new chunks as it embedded the rest."""
+    if recipe == EMBED_HEADING:
+        path = [h for h in heading if h]
+        if title and (not path or path[0] != title):
+            path.insert(0, title)
+    else:
+        path = [title] if title else []
     return (" > ".join(path) + "\n\n" + text) if path else text
 
 
@@ -123,12 +134,13 @@ def _ingest_files(files: list[tuple[Path, str | None]], store: Store, embedder: 
                   bar: Any, max_tokens: int, overlap_tokens: int) -> None:
     pending: list[_Pending] = []
     n_pending = 0
+    recipe = store.embedding_text()
 
     def flush() -> None:
         nonlocal n_pending
         if not pending:
             return
-        texts = [embedding_text(c.heading, p.doc.title, c.text) for p in pending for c in p.chunks]
+        texts = [embedding_text(c.heading, p.doc.title, c.text, recipe) for p in pending for c in p.chunks]
         vectors = embedder.embed_documents(texts)
         at = 0
         for p in pending:

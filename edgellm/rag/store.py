@@ -1,6 +1,7 @@
 """The index file: one SQLite database with plain tables a user can open with the `sqlite3` shell.
 
-    meta(key, value)            embedder id and dimension, created_at, edgellm version
+    meta(key, value)            embedder id and dimension, embedding_text (what is embedded of a chunk:
+                                see ingest.embedding_text), created_at, edgellm version
     documents(id, path, ...)    one row per indexed file: content hash, size, mtime, kind, title, metadata
     chunks(id, doc_id, ...)     text (a verbatim slice of the extracted document text), char offsets,
                                 heading path (JSON array), token count
@@ -32,6 +33,11 @@ from edgellm.rag.errors import EmbedderMismatchError, RagError
 
 # The tokenizer of chunks_fts (migration 1); keywords.py tokenizes query words with it.
 FTS_TOKENIZE = "porter unicode61 remove_diacritics 2"
+
+# meta's embedding_text: the recipe by which a chunk becomes the text its vector embeds (ingest.embedding_text).
+# A new index records EMBED_TITLE; an index without the key was made with EMBED_HEADING.
+EMBED_TITLE, EMBED_HEADING = "title", "heading"
+EMBED_RECIPES = (EMBED_TITLE, EMBED_HEADING)
 
 
 def _migration_1(conn: Any, dim: int) -> None:
@@ -214,11 +220,20 @@ class Store:
             if version == 0:
                 from edgellm import __version__
                 self.conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
-                    ("embedder_id", embedder_id), ("embedder_dim", str(dim)),
+                    ("embedder_id", embedder_id), ("embedder_dim", str(dim)), ("embedding_text", EMBED_TITLE),
                     ("created_at", str(time.time())), ("created_by", f"edgellm {__version__}")])
 
     def meta(self) -> dict[str, str]:
         return dict(self._query("SELECT key, value FROM meta"))
+
+    def embedding_text(self) -> str:
+        """The index's recipe for the text a chunk's vector embeds (one of EMBED_RECIPES)."""
+        row = self._query("SELECT value FROM meta WHERE key = 'embedding_text'")
+        recipe = row[0][0] if row else EMBED_HEADING
+        if recipe not in EMBED_RECIPES:
+            raise RagError(f"{self.path}: meta embedding_text {recipe!r} is not one this edgellm knows "
+                           f"({', '.join(EMBED_RECIPES)}); upgrade edgellm to add to this index")
+        return recipe
 
     # ---- plumbing -----------------------------------------------------------------------------------
 
@@ -345,6 +360,7 @@ class Store:
         return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "documents": n_docs,
                 "chunks": n_chunks, "tokens": n_tokens, "vectors": n_vectors, "kinds": kinds,
                 "embedder_id": meta.get("embedder_id"), "embedder_dim": int(meta.get("embedder_dim", 0)),
+                "embedding_text": meta.get("embedding_text", EMBED_HEADING),
                 "keyword_postings": {"terms": terms, "bytes": postings_bytes},
                 "file_bytes": self.path.stat().st_size if self.path.exists() else 0}
 
