@@ -67,9 +67,11 @@ def embedding_text(heading: Sequence[str], title: str | None, text: str, recipe:
     - "title" (indexes made from now on): the document's title, then the text. The title places a chunk in its
       document; the section path is left to the keyword side (FTS5 scores the heading column), where its words
       count without diluting the chunk's own in a mean-pooled vector. Against the whole heading path, hybrid
-      recall@5 / MRR@5 rose from 0.943 / 0.863 to 0.959 / 0.874 on the Valgrind manual's questions and from
-      0.950 / 0.887 to 0.960 / 0.896 on the held-out Node.js API set (bench/rag.py), with 6% and 19% fewer
-      tokens to embed. (The text alone: 0.964 / 0.889 on the first set, but 0.960 / 0.868 on the second.)
+      recall@5 / MRR@5 with the int8 embedder rose from 0.943 / 0.863 to 0.959 / 0.874 on the Valgrind
+      manual's questions and from 0.950 / 0.887 to 0.960 / 0.896 on the held-out Node.js API set, with 6% and
+      19% fewer tokens to embed (fp32: 0.943 / 0.869 -> 0.933 / 0.863 and 0.960 / 0.880 -> 0.960 / 0.900;
+      bench/rag.py --embedding-text). The text alone: 0.964 / 0.889 on the first set, 0.960 / 0.868 on the
+      second.
     - "heading" (indexes made before): the heading path, title first, then the text; kept so an older index
       embeds its new chunks as it embedded the rest."""
     if recipe == EMBED_HEADING:
