@@ -6,18 +6,20 @@
         --eval bench/data/rag_eval_nodejs.jsonl --quality-only   # the second, held-out set (Node.js API)
 
 Quality: bench/data/rag_eval_valgrind.jsonl holds 193 questions phrased as users ask them, each with the
-one manual page that answers it and a verbatim evidence snippet; bench/data/rag_eval_nodejs.jsonl holds 100
-more over the Node.js API pages, written blind as a held-out check (bench/data/README-nodejs-eval.md). For each configuration we report
+one manual page that answers it and a verbatim evidence snippet; bench/data/rag_eval_nodejs.jsonl holds
+100 more over the Node.js API pages, written blind as a held-out check (bench/data/README-nodejs-eval.md).
+The corpus is the folder's HTML pages (less those named by --exclude). For each configuration we report
 recall@5 (a top-5 chunk comes from the answering page), MRR@5 (1 / rank of the first such chunk) and
-evidence@5 (a top-5 chunk contains the evidence snippet). Configurations: ours (structure-first chunks
-with heading paths, int8 embedder) in vector, keyword and hybrid mode; ours with the fp32 embedder; and
-the naive baseline: fixed 150-word chunks of the page text, fp32 embedder, vector only (and naive hybrid).
+evidence@5 (a top-5 chunk contains the evidence snippet). Configurations: ours (structure-first chunks,
+each embedded with its document's title, or with --embedding-text heading its whole heading path; int8
+embedder) in vector, keyword and hybrid mode; ours with the fp32 embedder; and the naive baseline: fixed
+150-word chunks of the page text, fp32 embedder, vector only (and naive hybrid).
 
 Speed: the whole ingest (extract, chunk, embed, write) in chunks/s, and as a ratio to the fp32 embedder
 alone on the same chunk texts in the same run (rounds of each alternate; medians; the goal's 200 chunks/s
-against fp32's 93 is 2.15x); the embedder alone on 150-word chunks, fp32 and int8; search p50/p95 over the evaluation questions on a
-synthetic 100k-chunk index (real chunk texts recombined, real vectors perturbed), query embedding
-included, each mode in three settings: the first session after the ingest (a fresh searcher), a later
+against fp32's 93 is 2.15x); the embedder alone on 150-word chunks, fp32 and int8; search p50/p95 over the
+evaluation questions on a synthetic 100k-chunk index (real chunk texts recombined, real vectors perturbed),
+query embedding included, each mode in three settings: the first session after the ingest (a fresh searcher), a later
 session, and a second pass in that session (see latency()). The keyword postings the ingest writes for a
 big index (edgellm/rag/keywords.py) are written again each run and timed (postings_s).
 Results: a markdown table on stdout and JSON under bench/results/.
