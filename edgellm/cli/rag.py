@@ -130,7 +130,7 @@ def ask_cmd(db: Path, question: str, model: Path | None, k: int, mode: str, path
 @click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
 def stats_cmd(db: Path, as_json: bool) -> None:
     """What the index holds: documents, chunks, tokens, the embedding model, the file size."""
-    from edgellm.rag.store import Store
+    from edgellm.rag.store import EMBED_HEADING, EMBED_TITLE, Store
 
     if not db.exists():
         fail(f"{db}: no such index")
@@ -145,8 +145,9 @@ def stats_cmd(db: Path, as_json: bool) -> None:
         return
     kinds = ", ".join(f"{n} {kind}" for kind, n in stats["kinds"].items()) or "none"
     click.echo(f"index      {stats['path']} (schema {stats['schema_version']}, {stats['file_bytes'] / 1e6:.1f} MB)")
-    click.echo(f"embedder   {stats['embedder_id']} (dimension {stats['embedder_dim']}; embeds a chunk with its "
-               f"{'title' if stats['embedding_text'] == 'title' else 'heading path'})")
+    recipe = stats["embedding_text"]
+    embeds = {EMBED_TITLE: "its document's title", EMBED_HEADING: "its heading path"}.get(recipe, f"recipe {recipe!r}")
+    click.echo(f"embedder   {stats['embedder_id']} (dimension {stats['embedder_dim']}; embeds a chunk with {embeds})")
     click.echo(f"documents  {stats['documents']} ({kinds})")
     click.echo(f"chunks     {stats['chunks']} ({stats['tokens']} tokens, {stats['vectors']} vectors)")
     postings = stats["keyword_postings"]

@@ -40,6 +40,11 @@ EMBED_TITLE, EMBED_HEADING = "title", "heading"
 EMBED_RECIPES = (EMBED_TITLE, EMBED_HEADING)
 
 
+def _recipe(meta: dict[str, str]) -> str:
+    """meta's embedding_text as recorded (EMBED_HEADING when the index predates the key), unchecked."""
+    return meta.get("embedding_text", EMBED_HEADING)
+
+
 def _migration_1(conn: Any, dim: int) -> None:
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute("""
@@ -228,8 +233,7 @@ class Store:
 
     def embedding_text(self) -> str:
         """The index's recipe for the text a chunk's vector embeds (one of EMBED_RECIPES)."""
-        row = self._query("SELECT value FROM meta WHERE key = 'embedding_text'")
-        recipe = row[0][0] if row else EMBED_HEADING
+        recipe = _recipe(self.meta())
         if recipe not in EMBED_RECIPES:
             raise RagError(f"{self.path}: meta embedding_text {recipe!r} is not one this edgellm knows "
                            f"({', '.join(EMBED_RECIPES)}); upgrade edgellm to add to this index")
@@ -360,7 +364,7 @@ class Store:
         return {"path": str(self.path), "schema_version": SCHEMA_VERSION, "documents": n_docs,
                 "chunks": n_chunks, "tokens": n_tokens, "vectors": n_vectors, "kinds": kinds,
                 "embedder_id": meta.get("embedder_id"), "embedder_dim": int(meta.get("embedder_dim", 0)),
-                "embedding_text": meta.get("embedding_text", EMBED_HEADING),
+                "embedding_text": _recipe(meta),
                 "keyword_postings": {"terms": terms, "bytes": postings_bytes},
                 "file_bytes": self.path.stat().st_size if self.path.exists() else 0}
 
