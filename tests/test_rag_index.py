@@ -112,6 +112,56 @@ def test_a_text_embeds_the_same_whatever_it_is_embedded_with(embedder):
     assert close.min() > 0.99
 
 
+def test_token_major_rewrite_keeps_the_encoders_outputs(tmp_path, embedder):
+    """The int8 model is quantized from a graph rewritten token-major (edgellm/rag/onnx_graph.py). The
+    rewritten float graph gives the plain one's hidden states on a padded batch of real texts, per token; a
+    graph with an op the rewrite cannot vouch for (a reduction over the sequence) is left alone; and the
+    default int8 model was made from the rewritten graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    from tokenizers import Tokenizer
+
+    from edgellm.rag.embed import optimize_graph
+    from edgellm.rag.onnx_graph import token_major_attention
+
+    folder = rag_helpers.embedder_folder("fp32")
+    plain = tmp_path / "plain.onnx"
+    optimize_graph(folder / "model.onnx", plain, 12, 384, token_major=False)
+    model = onnx.load(str(plain))
+    rewritten = token_major_attention(model, 12)
+    assert rewritten is not None
+    ops = [n.op_type for n in rewritten.graph.node]
+    # per layer one Transpose (the context back to tokens) where there were four, plus one in and one out
+    assert ops.count("Transpose") == 6 + 2 and ops.count("FusedMatMul") == 12 and ops.count("Shape") <= 1
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    texts = ["Memcheck reports uses of uninitialised values.",
+             "How do I suppress errors from system libraries that I cannot fix, without hiding my own errors?",
+             "Cachegrind"]
+    encoded = [tok.encode(t).ids for t in texts]
+    width = max(map(len, encoded))
+    ids = np.zeros((3, width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(encoded):
+        ids[i, :len(e)], mask[i, :len(e)] = e, 1
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    outs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+            for m in (model, rewritten)]
+    assert outs[0].shape == outs[1].shape == (3, width, 384)
+    for i, e in enumerate(encoded):
+        assert np.max(np.abs(outs[0][i, :len(e)] - outs[1][i, :len(e)])) < 1e-4
+
+    # a reduction over the sequence axis reading a hidden state: not an op that acts per token
+    hidden = next(n for n in model.graph.node if n.op_type == "LayerNormalization" and "layer.2" in n.name)
+    model.graph.node.append(helper.make_node("ReduceMean", [hidden.output[0]], ["pooled"], axes=[1]))
+    model.graph.output.append(helper.make_tensor_value_info("pooled", onnx.TensorProto.FLOAT, ["batch", 1, 384]))
+    assert token_major_attention(model, 12) is None
+
+    names = {n.name for n in onnx.load(str(embedder.folder / "model.onnx")).graph.node}
+    assert {"token_major/in", "token_major/out"} <= names
+
+
 # ---- incremental ingest ----------------------------------------------------------------------------------
 
 def test_reingest_adds_nothing_and_a_change_replaces_only_its_chunks(tmp_path, embedder):
