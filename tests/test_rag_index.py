@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -604,6 +605,33 @@ def test_bad_files_are_listed_not_fatal(tmp_path, embedder):
     assert "UTF-8" in failed[str(docs / "latin1.txt")]
     assert "unsupported" in failed[str(explicit)] and "no such" in failed[str(tmp_path / "missing")]
     assert len(summary.added) == 3  # two notes and the empty file (0 chunks: it is known, not failed)
+
+
+def test_an_unexpected_error_while_extracting_reaches_the_caller(tmp_path, embedder, monkeypatch):
+    """Extraction runs on a thread of its own ahead of embedding: an error none of the per-file handlers
+    expects comes out of `add` (without hanging, however many files were waiting), and the documents
+    written before it stay whole."""
+    from edgellm.rag import ingest
+
+    files = sorted(rag_helpers.write_corpus(tmp_path / "docs", 80, paragraphs=1))  # the order of the walk
+    real = ingest.extract
+
+    def extract(path, data):
+        if path == files[70]:
+            raise RuntimeError(f"cannot read {path.name}")
+        return real(path, data)
+
+    monkeypatch.setattr(ingest, "_EMBED_BATCH_CHUNKS", 8)
+    monkeypatch.setattr(ingest, "_PREPARED_AHEAD", 2)
+    monkeypatch.setattr(ingest, "extract", extract)
+    with _index(tmp_path / "index.db", embedder) as index:
+        with pytest.raises(RuntimeError, match=files[70].name):
+            index.add([tmp_path / "docs"], progress=False)
+        written = {Path(d.path) for d in index.documents()}
+        assert written and written < set(files[:70])
+        _check_consistent(index)
+        assert all(d.n_chunks > 0 for d in index.documents())
+    assert not any(t.name == "edgellm-extract" for t in threading.enumerate())
 
 
 def test_index_refuses_another_embedder(tmp_path, embedder):

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -131,12 +132,35 @@ class OnnxEmbedder:
             self._models.append(self._session(self._threads))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._n_sessions, thread_name_prefix="edgellm-embed")
+        if self.batch_size == 1:
+            return self._embed_shared(self._models[:n], texts)
         shares = [list(range(i, len(texts), n)) for i in range(n)]  # dealt in turn: a like mix of lengths
         runs = [self._pool.submit(self._embed, model, [texts[j] for j in share])
                 for model, share in zip(self._models, shares)]  # ONNX Runtime runs without the GIL
         out = np.empty((len(texts), self.dim), np.float32)
         for share, run in zip(shares, runs):
             out[share] = run.result()
+        return out
+
+    def _embed_shared(self, models: list[Any], texts: Sequence[str]) -> np.ndarray:
+        """One text a run on each session, each taking the next text (longest first) when it is done with its
+        last: the sessions finish together, whatever the texts' lengths and whatever else shares the cores
+        (ingest extracts the next files meanwhile)."""
+        out = np.empty((len(texts), self.dim), np.float32)
+        todo = iter(sorted(range(len(texts)), key=lambda i: -len(texts[i])))
+        lock = threading.Lock()
+
+        def work(model: Any) -> None:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                out[i] = next(iter(model.embed([texts[i]], batch_size=1)))
+
+        runs = [self._pool.submit(work, model) for model in models]  # ONNX Runtime runs without the GIL
+        for run in runs:
+            run.result()
         return out
 
     def _embed(self, model: Any, texts: Sequence[str]) -> np.ndarray:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ from edgellm.rag.store import EMBED_HEADING, EMBED_TITLE, NewChunk, Store
 # Documents wait for embedding until this many chunks are pending (one model batch run), then each
 # commits alone. Bigger batches keep the model busy; smaller ones lose less work to an interruption.
 _EMBED_BATCH_CHUNKS = 128
+# Documents extracted ahead of the one being embedded, at most (they wait in memory).
+_PREPARED_AHEAD = 64
 _SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv", ".tox", ".mypy_cache"}
 
 
@@ -134,6 +138,10 @@ def ingest(store: Store, embedder: Embedder, paths: Sequence[Path], *, prune: bo
 
 def _ingest_files(files: list[tuple[Path, str | None]], store: Store, embedder: Embedder, summary: IngestSummary,
                   bar: Any, max_tokens: int, overlap_tokens: int) -> None:
+    """Files are read, hashed, extracted and chunked on a thread of their own, in order, while this one embeds
+    and writes what came before: extraction and the embedder's sessions share the cores, and the sessions
+    take their texts one at a time, so neither waits for the other. On two cores, the Valgrind manual, three
+    alternated runs: 201, 194 and 204 chunks/s against 194, 193 and 189 with the steps in turn."""
     pending: list[_Pending] = []
     n_pending = 0
     recipe = store.embedding_text()
@@ -156,44 +164,80 @@ def _ingest_files(files: list[tuple[Path, str | None]], store: Store, embedder: 
         pending.clear()
         n_pending = 0
 
-    for path, reason in files:
-        key = str(path)
-        if reason is not None:
-            summary.failed.append((key, reason))
-            bar.update(1)
-            continue
+    items: queue.Queue[_Prepared | BaseException | None] = queue.Queue(maxsize=_PREPARED_AHEAD)
+    stop = threading.Event()
+    known = store.hashes()
+
+    def offer(item: _Prepared | BaseException | None) -> None:
+        while not stop.is_set():  # the consumer sets stop when it leaves early
+            try:
+                items.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
         try:
-            data = path.read_bytes()
-            stat = path.stat()
-        except OSError as e:
-            summary.failed.append((key, f"unreadable: {e.strerror or e}"))
-            bar.update(1)
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        known = store.document(key)
-        if known is not None and known.sha256 == sha:
-            summary.skipped.append(key)
-            bar.update(1)
-            continue
-        try:
-            doc = extract(path, data)
-            chunks = [NewChunk(c.text, c.start, c.end, tuple(c.heading), c.n_tokens)
-                      for c in chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens,
-                                              overlap_tokens=overlap_tokens)]
-        except ExtractError as e:
-            summary.failed.append((key, str(e)))
-            bar.update(1)
-            continue
-        except (RecursionError, ValueError, MemoryError) as e:  # a parser's limit on a pathological file
-            summary.failed.append((key, f"could not extract its text ({type(e).__name__}: {e})"))
-            bar.update(1)
-            continue
-        pending.append(_Pending(key, sha, len(data), stat.st_mtime, doc, chunks, known is not None))
-        n_pending += len(chunks)
-        bar.set_postfix_str(path.name[-30:], refresh=False)
-        if n_pending >= _EMBED_BATCH_CHUNKS:
-            flush()
-    flush()
+            for path, reason in files:
+                if stop.is_set():
+                    return
+                offer(_prepare(path, reason, known, embedder, max_tokens, overlap_tokens))
+            offer(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the consuming thread, which raises it
+            offer(e)
+
+    worker = threading.Thread(target=produce, name="edgellm-extract", daemon=True)
+    worker.start()
+    try:
+        while (item := items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if item.pending is None:
+                (summary.skipped.append(item.path) if item.failure is None
+                 else summary.failed.append((item.path, item.failure)))
+                bar.update(1)
+                continue
+            pending.append(item.pending)
+            n_pending += len(item.pending.chunks)
+            bar.set_postfix_str(item.path[-30:], refresh=False)
+            if n_pending >= _EMBED_BATCH_CHUNKS:
+                flush()
+        flush()
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass
+class _Prepared:
+    path: str
+    pending: _Pending | None = None  # a new or changed document, chunked
+    failure: str | None = None       # why the file could not be indexed (neither: unchanged, skipped)
+
+
+def _prepare(path: Path, reason: str | None, known: dict[str, str], embedder: Embedder, max_tokens: int,
+             overlap_tokens: int) -> _Prepared:
+    key = str(path)
+    if reason is not None:
+        return _Prepared(key, failure=reason)
+    try:
+        data = path.read_bytes()
+        stat = path.stat()
+    except OSError as e:
+        return _Prepared(key, failure=f"unreadable: {e.strerror or e}")
+    sha = hashlib.sha256(data).hexdigest()
+    if known.get(key) == sha:
+        return _Prepared(key)
+    try:
+        doc = extract(path, data)
+        chunks = [NewChunk(c.text, c.start, c.end, tuple(c.heading), c.n_tokens)
+                  for c in chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens,
+                                          overlap_tokens=overlap_tokens)]
+    except ExtractError as e:
+        return _Prepared(key, failure=str(e))
+    except (RecursionError, ValueError, MemoryError) as e:  # a parser's limit on a pathological file
+        return _Prepared(key, failure=f"could not extract its text ({type(e).__name__}: {e})")
+    return _Prepared(key, _Pending(key, sha, len(data), stat.st_mtime, doc, chunks, key in known))
 
 
 def _prune(store: Store, paths: Sequence[Path], summary: IngestSummary) -> None:

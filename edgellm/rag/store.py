@@ -265,6 +265,10 @@ class Store:
             "(SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) FROM documents d WHERE d.path = ?", (path,))
         return DocumentRow(*row) if row else None
 
+    def hashes(self) -> dict[str, str]:
+        """path -> sha256 of every indexed document."""
+        return dict(self._query("SELECT path, sha256 FROM documents"))
+
     def documents(self) -> list[DocumentRow]:
         rows = self._query(
             "SELECT d.id, d.path, d.sha256, d.size, d.mtime, count(c.id) FROM documents d "
