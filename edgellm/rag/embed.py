@@ -56,6 +56,9 @@ class Embedder(Protocol):
         """Model tokens per text, without special tokens and without truncation."""
         ...
 
+    # Optionally also `token_offsets` (chunking.TokenOffsets, or None): the chunker then counts most slices of a
+    # document from one tokenization of it.
+
 
 _PARALLEL_MAX_BYTES = 256 << 20  # model files up to this size get one session per thread (see OnnxEmbedder)
 
@@ -121,6 +124,8 @@ class OnnxEmbedder:
         self._tokenizer.no_padding()
         config = json.loads((self.folder / "tokenizer_config.json").read_text())
         self.max_tokens = int(config.get("model_max_length", 512))
+        # For the chunker (chunking.TokenOffsets): only a tokenizer that tokenizes each word on its own.
+        self.token_offsets = self._token_offsets if _splits_words(self.folder / "tokenizer.json") else None
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -189,6 +194,19 @@ class OnnxEmbedder:
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+    def _token_offsets(self, text: str) -> tuple[list[tuple[int, int]], list[int | None]]:
+        e = self._tokenizer.encode(text, add_special_tokens=False)
+        return e.offsets, e.word_ids
+
+
+def _splits_words(tokenizer_json: Path) -> bool:
+    """Whether a tokenizer.json is BERT's WordPiece: words split at whitespace and punctuation, each character
+    normalized alone, each word tokenized on its own (so a text's tokens are its words' tokens)."""
+    spec = json.loads(tokenizer_json.read_text())
+    return ((spec.get("model") or {}).get("type") == "WordPiece"
+            and (spec.get("pre_tokenizer") or {}).get("type") == "BertPreTokenizer"
+            and (spec.get("normalizer") or {}).get("type") in (None, "BertNormalizer"))
 
 
 def _file_digest(path: Path) -> str:

@@ -232,7 +232,8 @@ def _prepare(path: Path, reason: str | None, known: dict[str, str], embedder: Em
         doc = extract(path, data)
         chunks = [NewChunk(c.text, c.start, c.end, tuple(c.heading), c.n_tokens)
                   for c in chunk_document(doc, embedder.count_tokens, max_tokens=max_tokens,
-                                          overlap_tokens=overlap_tokens)]
+                                          overlap_tokens=overlap_tokens,
+                                          token_offsets=getattr(embedder, "token_offsets", None))]
     except ExtractError as e:
         return _Prepared(key, failure=str(e))
     except (RecursionError, ValueError, MemoryError) as e:  # a parser's limit on a pathological file
