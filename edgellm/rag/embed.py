@@ -53,7 +53,8 @@ class Embedder(Protocol):
         ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        """Model tokens per text, without special tokens and without truncation."""
+        """Model tokens per text, without special tokens and without truncation. Ingest calls it (and
+        token_offsets) from its extraction thread while embed_documents runs on another."""
         ...
 
     # Optionally also `token_offsets` (chunking.TokenOffsets, or None): the chunker then counts most slices of a
