@@ -229,6 +229,15 @@ def test_html_structure() -> None:
     assert body(doc, ("Widget Manual", "Limits")) == "First line\nsecond line\n\nMemory\n\nUp to 2 GiB."
 
 
+def test_html_text_after_the_end_tags_is_kept() -> None:
+    """What follows </body> or </html> (appended footers, concatenated pages) is text a browser shows."""
+    page = (b"<html><head><title>Notes</title></head><body><p>First.</p></body>after body</html>\n"
+            b"<h2>Appendix</h2><p>Second &amp; last.</p>trailing words")
+    doc = extract(Path("notes.html"), page)
+    assert doc.text == "First.\n\nafter body\n\nAppendix\n\nSecond & last.\n\ntrailing words"
+    assert [s.heading for s in doc.sections] == [(), ("Appendix",)]
+
+
 def test_text_and_code_sections() -> None:
     doc = load("notes.txt")
     assert doc.kind == "text" and doc.title is None

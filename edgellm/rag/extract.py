@@ -5,7 +5,7 @@ sections (heading path + the char span of the section's body). Kinds:
 
 - markdown: ATX (`#`..`######`) and setext (`===` / `---`) headings; not inside fenced code blocks or YAML front
   matter. Body text stays verbatim, markdown syntax included.
-- html: BeautifulSoup (lxml, else html.parser). Scripts, styles, `<head>`, `<nav>` and DocBook/Sphinx navigation
+- html: lxml (libxml2's HTML parser). Scripts, styles, `<head>`, `<nav>` and DocBook/Sphinx navigation
   (`.nav`, `.navheader`, `.navfooter`, `.toc`, `.headerlink`, ...) are dropped; each block (p, li, pre, table row,
   dt/dd, heading, ...) becomes one paragraph, separated by a blank line; `<pre>` keeps its line breaks, whitespace is
   collapsed elsewhere. h1..h6 build the heading path; DocBook FAQ questions (`.question`) nest one level below.
@@ -24,7 +24,6 @@ import codecs
 import io
 import itertools
 import re
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,63 +325,75 @@ _HEADING_TAGS = {f"h{n}": n for n in range(1, 7)}
 _PSEUDO_HEADING_CLASSES = frozenset(("question",))  # DocBook qandaset: each FAQ question heads its answer
 
 
-def _html_parser() -> str:
-    try:
-        import lxml  # noqa: F401
-
-        return "lxml"
-    except ImportError:
-        return "html.parser"
+def _classes(el) -> list[str]:
+    return (el.get("class") or "").split()
 
 
-def _classes(tag) -> list[str]:
-    c = tag.get("class")
-    return c if isinstance(c, list) else ([c] if c else [])
-
-
-def _dropped(tag) -> bool:
-    if tag.name in _DROP_TAGS or tag.has_attr("hidden"):
+def _dropped(el) -> bool:
+    if el.tag in _DROP_TAGS or "hidden" in el.attrib:
         return True
-    if tag.get("aria-hidden") == "true" or tag.get("role") == "navigation":
+    if el.get("aria-hidden") == "true" or el.get("role") == "navigation":
         return True
-    if any(c in _DROP_CLASSES for c in _classes(tag)):
+    if any(c in _DROP_CLASSES for c in _classes(el)):
         return True
-    return tag.name in _LIST_TAGS and _is_link_list(tag)
+    return el.tag in _LIST_TAGS and _is_link_list(el)
 
 
 _LIST_TAGS = frozenset(("ul", "ol", "dl"))
 
 
-def _is_link_list(tag) -> bool:
+def _is_link_list(el) -> bool:
     """A list that is mostly links (a table of contents, a menu): navigation, not content."""
-    links = tag.find_all("a", href=True)
+    links = [a for a in el.iter("a") if a.get("href") is not None]
     if len(links) < 2:
         return False
-    link_chars = sum(len(_WS.sub("", a.get_text())) for a in links)
-    return link_chars >= 0.8 * len(_WS.sub("", tag.get_text()))
+    link_chars = sum(len(_WS.sub("", a.text_content())) for a in links)
+    return link_chars >= 0.8 * len(_WS.sub("", el.text_content()))
+
+
+def _contents(el) -> list:
+    """el's children in document order, text included: its text, then each child element followed by its tail
+    (comments and processing instructions are skipped, their tails are not)."""
+    out: list = [el.text] if el.text else []
+    for child in el:
+        if isinstance(child.tag, str):
+            out.append(child)
+        if child.tail:
+            out.append(child.tail)
+    return out
 
 
 def _plain_strings(node, *, keep_newlines: bool) -> Iterator[str]:
     """The text under `node` (document order), skipping dropped elements and comments; <br> -> "\\n"."""
-    from bs4 import NavigableString, Tag
-    from bs4.element import PreformattedString
-
-    stack = [node]
+    stack: list = [node]
     while stack:
         n = stack.pop()
-        if isinstance(n, NavigableString):
-            if not isinstance(n, PreformattedString):
-                yield str(n)
-        elif isinstance(n, Tag):
-            if n is not node and _dropped(n):
-                continue
-            if n.name == "br":
-                yield "\n" if keep_newlines else " "
-                continue
-            if not keep_newlines and (n.name in _BLOCK_TAGS or n.name in _CELL_TAGS or n.name == "pre"):
-                stack.append(" ")  # a block inside a heading still separates words (after its contents)
-                yield " "
-            stack.extend(reversed(n.contents))
+        if isinstance(n, str):
+            yield n
+            continue
+        if n is not node and _dropped(n):
+            continue
+        if n.tag == "br":
+            yield "\n" if keep_newlines else " "
+            continue
+        if not keep_newlines and (n.tag in _BLOCK_TAGS or n.tag in _CELL_TAGS or n.tag == "pre"):
+            stack.append(" ")  # a block inside a heading still separates words (after its contents)
+            yield " "
+        stack.extend(reversed(_contents(n)))
+
+
+# libxml2's tree builder drops whatever follows </html> (a browser puts it in the body): the end tags of html
+# and body are left out, and the parser closes both at the end of the text.
+_HTML_END_TAGS = re.compile(r"</\s*(?:html|body)\s*>", re.IGNORECASE)
+
+
+def _parse_html(source: str):
+    """The document's <html> element, parsed by lxml (libxml2's HTML parser, forgiving like a browser)."""
+    import lxml.html
+
+    parser = lxml.html.HTMLParser(encoding="utf-8")  # bytes in: a str may not carry an encoding declaration
+    data = _HTML_END_TAGS.sub("", source).encode("utf-8", "surrogatepass")
+    return lxml.html.document_fromstring(data, parser=parser)
 
 
 class _HtmlText:
@@ -441,18 +452,16 @@ class _HtmlText:
 
 
 def _extract_html(source: str) -> Document:
-    from bs4 import BeautifulSoup, NavigableString, Tag
-    from bs4.element import PreformattedString
-
-    with warnings.catch_warnings():  # XHTML parsed as HTML, text that looks like a URL: both fine here
-        warnings.simplefilter("ignore")
-        soup = BeautifulSoup(source, _html_parser())
-    title_tag = soup.find("title")
-    title = _squash("".join(_plain_strings(title_tag, keep_newlines=False))) if title_tag else ""
+    try:
+        root = _parse_html(source)
+    except Exception:  # noqa: BLE001 - lxml finds no element at all (blank or comment-only text)
+        return Document(text="", kind="html", title=None, sections=[])
+    title_el = next(root.iter("title"), None)
+    title = _squash("".join(_plain_strings(title_el, keep_newlines=False))) if title_el is not None else ""
     out = _HtmlText()
     level = 0  # level of the innermost heading seen (pseudo-headings nest below it)
     exit_marker = object()
-    stack: list = [soup]
+    stack: list = [root]
     while stack:
         node = stack.pop()
         if node is exit_marker:  # end of a block or cell
@@ -462,13 +471,12 @@ def _extract_html(source: str) -> Document:
             else:
                 out.flush()
             continue
-        if isinstance(node, NavigableString):
-            if not isinstance(node, PreformattedString):
-                out.text(str(node))
+        if isinstance(node, str):
+            out.text(node)
             continue
-        if not isinstance(node, Tag) or (node is not soup and _dropped(node)):
+        if node is not root and _dropped(node):
             continue
-        name = node.name
+        name = node.tag
         if name in _HEADING_TAGS or any(c in _PSEUDO_HEADING_CLASSES for c in _classes(node)):
             heading = _squash("".join(_plain_strings(node, keep_newlines=False)))
             if heading:  # an empty heading (an anchor, an icon) is ignored
@@ -487,7 +495,7 @@ def _extract_html(source: str) -> Document:
             stack.extend(("block", exit_marker))
         elif name in _CELL_TAGS:
             stack.extend(("cell", exit_marker))
-        stack.extend(reversed(node.contents))
+        stack.extend(reversed(_contents(node)))
     out.flush()
     text = "".join(out.parts)
     if not title:
