@@ -34,8 +34,8 @@ class _Attention:
     v: str
     alpha: float           # the score scale (1 / sqrt(head_size))
     scores: str            # scaled Q.K^T, (batch, heads, seq, seq): the mask is added to it
-    inner: tuple[str, str]  # the masked scores and their softmax
-    softmax: str           # the softmax node's output (the weights of V)
+    masked: str            # the masked scores
+    softmax: str           # their softmax (the weights of V)
     context: str           # the context's (batch, sequence, hidden) tensor
     removed: list[Any]     # the nodes the rewrite replaces
 
@@ -44,7 +44,6 @@ class _Graph:
     def __init__(self, graph: Any) -> None:
         from onnx import numpy_helper
 
-        self.g = graph
         self.producer = {o: n for n in graph.node for o in n.output}
         self.consumers: dict[str, list[Any]] = {}
         for n in graph.node:
@@ -117,7 +116,7 @@ def _attention(gr: _Graph, softmax: Any) -> _Attention | None:
     if merge_r is None:
         return None
     return _Attention(q=q[0], k=k[0], v=v[0], alpha=alpha, scores=scale.output[0],
-                      inner=(masked.output[0], softmax.output[0]), softmax=softmax.output[0],
+                      masked=masked.output[0], softmax=softmax.output[0],
                       context=merge_r.output[0], removed=[*q[1], *k[1], *v[1], qk, scale, pv, merge_t, merge_r])
 
 
@@ -197,7 +196,7 @@ def token_major_attention(model: Any, num_heads: int) -> Any | None:
         return None
     # Everything that reads a token-major tensor must act per token, on it and on constants.
     trusted = {id(n) for n in ours}
-    inner = {t for b in blocks for t in b.inner}
+    inner = {t for b in blocks for t in (b.masked, b.softmax)}
     token_major = {x0_tm} | {b.context for b in blocks}
     consts = gr.consts
     for n in nodes:

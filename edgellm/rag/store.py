@@ -259,12 +259,6 @@ class Store:
 
     # ---- documents ----------------------------------------------------------------------------------
 
-    def document(self, path: str) -> DocumentRow | None:
-        row = self._query_one(
-            "SELECT d.id, d.path, d.sha256, d.size, d.mtime, "
-            "(SELECT count(*) FROM chunks c WHERE c.doc_id = d.id) FROM documents d WHERE d.path = ?", (path,))
-        return DocumentRow(*row) if row else None
-
     def hashes(self) -> dict[str, str]:
         """path -> sha256 of every indexed document."""
         return dict(self._query("SELECT path, sha256 FROM documents"))
