@@ -312,6 +312,21 @@ def test_hybrid_finds_what_keyword_search_misses(tmp_path, embedder):
     assert best.text == (tmp_path / "docs" / "target.md").read_text()[best.start:best.end]
 
 
+def test_fusion_breaks_ties_by_the_vector_list():
+    """Reciprocal rank fusion: a chunk in both lists outranks one in a single list; chunks with swapped
+    ranks (1 and 2 against 2 and 1), or each first in one list only, tie exactly, and the vector list's
+    order decides, whatever the chunk ids."""
+    from edgellm.rag.search import RRF_K, fuse
+
+    fused = fuse([(9, 0.9), (3, 0.8), (5, 0.7)], [(3, 7.0), (9, 6.0), (4, 5.0)])
+    assert [cid for cid, _ in fused] == [9, 3, 5, 4]
+    assert fused[0][1] == fused[1][1] == 1 / (RRF_K + 1) + 1 / (RRF_K + 2)
+    assert fused[2][1] == fused[3][1] == 1 / (RRF_K + 3)
+    assert [cid for cid, _ in fuse([(8, 0.5)], [(2, 3.0)])] == [8, 2]
+    assert [cid for cid, _ in fuse([], [(6, 2.0), (1, 1.0)])] == [6, 1]
+    assert [cid for cid, _ in fuse([(7, 0.1), (2, 0.2), (4, 0.3)], [(2, 1.0)])][:2] == [2, 7]
+
+
 def test_search_path_filter_and_modes(tmp_path, embedder):
     rag_helpers.write_corpus(tmp_path / "a", 5)
     rag_helpers.write_corpus(tmp_path / "b", 5)
