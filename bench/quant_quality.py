@@ -15,6 +15,8 @@ from the paired per-token differences of the two files' NLL on the same tokens (
 interval that holds 1 means the text cannot tell the two files apart.
 
 Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512]
+The goal's text is GPL-3; --text scores another (for plain files, a check that a gap on GPL-3 is not
+that one text's: a calibration text is refused for calibrated methods).
 Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
 Writes bench/results/quant_quality-<date>.json and prints a markdown table.
 """
@@ -87,7 +89,7 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
     bos = llm.token_bos()
     n_windows = len(tokens) // n_ctx
     if n_windows == 0:
-        raise ValueError(f"{EVAL_TEXT}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
+        raise ValueError(f"the text: {len(tokens)} tokens, fewer than one window of {n_ctx}")
     kl = 0.0
     first = n_ctx // 2
     logprobs, nll = [], []
@@ -130,6 +132,7 @@ def main() -> int:
     ap.add_argument("--calib-tokens", type=int, default=8192)
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text", type=Path, default=EVAL_TEXT, help=f"text to score (default {EVAL_TEXT})")
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
     args = ap.parse_args()
 
@@ -145,7 +148,9 @@ def main() -> int:
     work = args.work or (cache_dir() / "bench-quant-quality")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = smollm2_checkpoint()
-    text = EVAL_TEXT.read_text()
+    if methods != ["plain"] and args.text.resolve() in {(EVAL_TEXT.parent / n).resolve() for n in CALIB_TEXTS}:
+        ap.error(f"--text {args.text}: a calibration text; score calibrated methods on another")
+    text = args.text.read_text()
     calib = work / "calib-licenses.txt"
     calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
 
@@ -184,7 +189,7 @@ def main() -> int:
                   f"{kl_ours:.5f}  llama.cpp {kl_theirs:.5f}  ({t_ours:.0f} s)",
                   file=sys.stderr, flush=True)
 
-    print(f"\nSmolLM2-135M-Instruct, {EVAL_TEXT}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
+    print(f"\nSmolLM2-135M-Instruct, {args.text}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
           f"PPL by llama.cpp's runtime, {args.threads} threads\n")
     print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | ratio 95% | KL edgellm | KL llama.cpp "
           "| size edgellm MB | size llama.cpp MB | convert s | quantize s |")
@@ -198,7 +203,7 @@ def main() -> int:
               f"{r['time_llamacpp_s']:.1f} |")
     out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"n_ctx": args.n_ctx, "threads": args.threads, "calib_texts": CALIB_TEXTS,
+    out.write_text(json.dumps({"text": str(args.text), "n_ctx": args.n_ctx, "threads": args.threads, "calib_texts": CALIB_TEXTS,
                                "calib_tokens": args.calib_tokens, "llama_cpp_python":
                                getattr(llama_cpp, "__version__", "?"), "rows": rows}, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}", file=sys.stderr)
