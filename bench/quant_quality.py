@@ -77,7 +77,7 @@ def llama_quantize(llama_cpp, src: Path, dst: Path, quant: str, threads: int) ->
 
 
 def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
-               reference: list[np.ndarray] | None = None
+               reference: list[np.ndarray] | None = None, source: Path = EVAL_TEXT
                ) -> tuple[float, int, list[np.ndarray] | float | None, np.ndarray]:
     """PPL as defined above, computed with llama.cpp's runtime. Returns (ppl, scored tokens, kl, nll): with
     `reference` (the log-probabilities another file gives the same scored tokens), kl is the mean
@@ -89,7 +89,7 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
     bos = llm.token_bos()
     n_windows = len(tokens) // n_ctx
     if n_windows == 0:
-        raise ValueError(f"the text: {len(tokens)} tokens, fewer than one window of {n_ctx}")
+        raise ValueError(f"{source}: {len(tokens)} tokens, fewer than one window of {n_ctx}")
     kl = 0.0
     first = n_ctx // 2
     logprobs, nll = [], []
@@ -148,17 +148,18 @@ def main() -> int:
     work = args.work or (cache_dir() / "bench-quant-quality")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = smollm2_checkpoint()
-    if methods != ["plain"] and args.text.resolve() in {(EVAL_TEXT.parent / n).resolve() for n in CALIB_TEXTS}:
+    calib = work / "calib-licenses.txt"
+    calib_files = {(EVAL_TEXT.parent / name).resolve() for name in CALIB_TEXTS} | {calib.resolve()}
+    if methods != ["plain"] and args.text.resolve() in calib_files:
         ap.error(f"--text {args.text}: a calibration text; score calibrated methods on another")
     text = args.text.read_text()
-    calib = work / "calib-licenses.txt"
     calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
 
     f16_src = work / "smollm2-edgellm-f16.gguf"
     if not f16_src.exists():
         convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
     # KL divergence from the f16 file both sides quantize from, on the same scored tokens
-    _, _, reference, _ = perplexity(llama_cpp, f16_src, text, args.n_ctx, args.threads)
+    _, _, reference, _ = perplexity(llama_cpp, f16_src, text, args.n_ctx, args.threads, source=args.text)
 
     rows = []
     for quant in types:
@@ -203,7 +204,8 @@ def main() -> int:
               f"{r['time_llamacpp_s']:.1f} |")
     out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"text": str(args.text), "n_ctx": args.n_ctx, "threads": args.threads, "calib_texts": CALIB_TEXTS,
+    out.write_text(json.dumps({"text": str(args.text), "n_ctx": args.n_ctx, "threads": args.threads,
+                               "calib_texts": CALIB_TEXTS,
                                "calib_tokens": args.calib_tokens, "llama_cpp_python":
                                getattr(llama_cpp, "__version__", "?"), "rows": rows}, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}", file=sys.stderr)
