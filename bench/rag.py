@@ -13,7 +13,9 @@ recall@5 (a top-5 chunk comes from the answering page), MRR@5 (1 / rank of the f
 evidence@5 (a top-5 chunk contains the evidence snippet). Configurations: ours (structure-first chunks,
 each embedded with its document's title, or with --embedding-text heading its whole heading path; int8
 embedder) in vector, keyword and hybrid mode; ours with the fp32 embedder; and the naive baseline: fixed
-150-word chunks of the page text, fp32 embedder, vector only (and naive hybrid).
+150-word chunks of the page text, fp32 embedder, vector only (and naive hybrid). And ours in hybrid mode
+reranked by the default model (SmolLM2-135M-Instruct, edgellm/rag/rerank.py), as `Index.answer` and
+`edgellm rag ask` retrieve their sources (skip it with --no-rerank: it takes 3-4 s a question).
 
 Speed: the whole ingest (extract, chunk, embed, write) in chunks/s, and as a ratio to the fp32 embedder
 alone on the same chunk texts in the same run (rounds of each alternate; medians; the goal's 200 chunks/s
@@ -56,13 +58,15 @@ def load_eval(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def score(index, questions: list[dict], mode: str) -> dict:
-    """recall@5, MRR@5 and evidence@5 of `index` in `mode` over the questions, and each question's
-    reciprocal rank (0 when the answering page is not in the top 5)."""
+def score(index, questions: list[dict], mode: str, rerank_with=None) -> dict:
+    """recall@5, MRR@5 and evidence@5 of `index` in `mode` (reranked by the model `rerank_with`, if given)
+    over the questions, each question's reciprocal rank (0 when the answering page is not in the top 5),
+    and the mean seconds a search took."""
     evidence = 0
     ranks = []
+    t = time.perf_counter()
     for q in questions:
-        results = index.search(q["question"], K, mode=mode)
+        results = index.search(q["question"], K, mode=mode, rerank_with=rerank_with)
         names = [Path(r.path).name for r in results]
         ranks.append(1.0 / (names.index(q["file"]) + 1) if q["file"] in names else 0.0)
         ev = norm(q["evidence"])
@@ -70,7 +74,7 @@ def score(index, questions: list[dict], mode: str) -> dict:
             evidence += 1
     n = len(questions)
     return {"recall@5": sum(r > 0 for r in ranks) / n, "mrr@5": sum(ranks) / n, "evidence@5": evidence / n,
-            "rr": ranks}
+            "search_s": (time.perf_counter() - t) / n, "rr": ranks}
 
 
 def paired(a: list[float], b: list[float]) -> dict:
@@ -274,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude", action="append", default=[], metavar="NAME",
                     help="a page of the corpus to leave out, by file name (repeatable)")
     ap.add_argument("--quality-only", action="store_true", help="retrieval quality only: no speed or latency")
+    ap.add_argument("--no-rerank", action="store_true",
+                    help="skip reranking by the default model (3-4 s a question on two cores)")
+    ap.add_argument("--threads", type=int, default=0, help="threads of the reranking model (0 = all cores)")
     ap.add_argument("--embedding-text", choices=("title", "heading"), default="title",
                     help="what our indexes embed of a chunk besides its text (see edgellm.rag.ingest.embedding_text)")
     args = ap.parse_args(argv)
@@ -301,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                                   "tokens_per_chunk": stats["tokens"] / max(1, stats["chunks"])}
         for mode in ("vector", "keyword", "hybrid"):
             rows.append(("ours (int8)", mode, score(ours, questions, mode)))
+        if not args.no_rerank:  # what `Index.answer` and `edgellm rag ask` give the model
+            from edgellm import LLM
+
+            with LLM(n_ctx=1024, n_threads=args.threads) as llm:
+                rows.append(("ours (int8), reranked by the default model", "hybrid",
+                             score(ours, questions, "hybrid", rerank_with=llm)))
         with open_index(tmp / "ours32.db", fp32, args.embedding_text) as ours32:
             ours32.add(files, progress=False)
             for mode in ("vector", "hybrid"):
@@ -326,6 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     for c, m, r in rows:
         print(f"| {c} | {m} | {r['recall@5']:.3f} | {r['mrr@5']:.3f} | {r['evidence@5']:.3f} |")
     pair = out["int8_vs_fp32_hybrid"]
+    reranked = by.get(("ours (int8), reranked by the default model", "hybrid"))
+    if reranked is not None:
+        out["reranked_vs_hybrid"] = paired(reranked["rr"], by[("ours (int8)", "hybrid")]["rr"])
+        lift = out["reranked_vs_hybrid"]
+        print(f"\nreranked vs hybrid: the answering page ranks higher on {lift['better']} questions, lower on "
+              f"{lift['worse']} (sign test p = {lift['sign_test_p']:.3f}); a reranked search takes "
+              f"{reranked['search_s']:.2f} s, a hybrid one {by[('ours (int8)', 'hybrid')]['search_s'] * 1000:.0f} ms")
     print(f"\nint8 vs fp32 embedder, hybrid: the answering page ranks higher on {pair['better']} questions, lower on "
           f"{pair['worse']} (sign test p = {pair['sign_test_p']:.2f})")
     ing, emb = out["speed"]["ingest"], out["speed"].get("embed_150_words")

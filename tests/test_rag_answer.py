@@ -85,6 +85,18 @@ def test_answer_cites_the_source_and_ignores_a_planted_instruction(office_index,
     assert "8" in opening.text and "banana" not in opening.text.lower()
 
 
+def test_search_reranked_by_the_model_reorders_the_plain_candidates(office_index, llm):
+    from edgellm.rag import rerank
+
+    plain = office_index.search("Where is the coffee machine?", rerank.depth(3))
+    reranked = office_index.search("Where is the coffee machine?", 3, rerank_with=llm)
+    assert len(reranked) == 3 and Path(reranked[0].path).name == "office.md"
+    assert {r.chunk_id for r in reranked} <= {r.chunk_id for r in plain}
+    assert [r.score for r in reranked] == sorted((r.score for r in reranked), reverse=True)
+    unranked = office_index.answer("Where is the coffee machine?", llm, k=3, rerank=False)
+    assert [r.chunk_id for r in unranked.sources] == [r.chunk_id for r in plain[:3]]
+
+
 def test_streamed_answer_equals_the_returned_one(office_index, llm):
     pieces: list[str] = []
     answer = office_index.answer("Where is the coffee machine?", llm, k=3, on_text=pieces.append)
@@ -126,6 +138,10 @@ def test_cli_index_search_stats_ask(tmp_path):
     assert found.returncode == 0, found.stderr
     hit = json.loads(found.stdout.splitlines()[0])
     assert hit["path"] == str(docs / "office.md") and hit["heading"] == ["Office guide"] and hit["rank"] == 1
+    reranked = _cli("search", "--db", str(db), "where can I get a coffee?", "-k", "1", "--json", "--rerank",
+                    "-m", str(smollm2_gguf_path()))
+    assert reranked.returncode == 0, reranked.stderr
+    assert json.loads(reranked.stdout.splitlines()[0])["path"] == str(docs / "office.md")
 
     stats = json.loads(_cli("stats", "--db", str(db), "--json").stdout)
     assert stats["documents"] == 1 and stats["chunks"] >= 1 and stats["embedder_dim"] == 384

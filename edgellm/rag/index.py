@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgellm.rag import keywords
+from edgellm.rag import rerank as reranking
 from edgellm.rag.answer import Answer, attribute, citations, stream_answer
 from edgellm.rag.embed import Embedder, default_embedder
 from edgellm.rag.ingest import IngestSummary, ingest
@@ -22,7 +23,7 @@ class Index:
             index.add(["~/notes"])
             for r in index.search("how do I rotate the logs?"):
                 print(r.path, r.heading, r.score)
-            print(index.answer("how do I rotate the logs?", llm).text)
+            print(index.answer("how do I rotate the logs?", llm).text)  # llm: an edgellm.LLM
     """
 
     def __init__(self, path: str | Path, embedder: Embedder | None = None, *, create: bool = True,
@@ -44,28 +45,36 @@ class Index:
                       progress=progress, max_tokens=min(max_tokens, self.embedder.max_tokens - 32),
                       overlap_tokens=overlap_tokens)
 
-    def search(self, query: str, k: int = 5, *, mode: str = "hybrid", path: str | None = None) -> list[SearchResult]:
+    def search(self, query: str, k: int = 5, *, mode: str = "hybrid", path: str | None = None,
+               rerank_with: Any = None) -> list[SearchResult]:
         """The k best chunks for query. mode: "hybrid" (vector + keyword, fused), "vector" or "keyword";
-        path: only files under this folder or file, or matching this glob."""
-        return self._searcher.search(query, k=k, mode=mode, path=path)
+        path: only files under this folder or file, or matching this glob. rerank_with: a language model
+        (an edgellm.LLM) that rereads the best max(4k, 20) chunks and reorders them by how likely each makes
+        the query (rerank.py): better ordered, and about 0.15 s a chunk on two cores with the default model."""
+        if rerank_with is None:
+            return self._searcher.search(query, k=k, mode=mode, path=path)
+        candidates = self._searcher.search(query, k=reranking.depth(k), mode=mode, path=path)
+        return reranking.rerank(query, candidates, rerank_with, k)
 
     def answer(self, question: str, llm: Any, k: int = 5, *, mode: str = "hybrid", path: str | None = None,
-               on_text: Callable[[str], None] | None = None, **generate: Any) -> Answer:
-        """Answers from the k best sources with the model `llm` (an edgellm.LLM), citing them as [n].
+               rerank: bool = True, on_text: Callable[[str], None] | None = None, **generate: Any) -> Answer:
+        """Answers from the k best sources with the model `llm` (an edgellm.LLM), citing them as [n]. The
+        same model reranks the search's candidates first (search's rerank_with) unless rerank is False.
         The answer streams through `on_text(piece)` as it is generated; generate options (max_tokens,
         temperature, ...) pass through. With no sources (an empty index, or a path filter that leaves
         nothing) the answer is NO_SOURCES and the model is not asked."""
-        answer, pieces = self.answer_stream(question, llm, k, mode=mode, path=path, **generate)
+        answer, pieces = self.answer_stream(question, llm, k, mode=mode, path=path, rerank=rerank, **generate)
         for piece in pieces:
             if on_text is not None:
                 on_text(piece)
         return answer
 
     def answer_stream(self, question: str, llm: Any, k: int = 5, *, mode: str = "hybrid",
-                      path: str | None = None, **generate: Any) -> tuple[Answer, Iterator[str]]:
+                      path: str | None = None, rerank: bool = True,
+                      **generate: Any) -> tuple[Answer, Iterator[str]]:
         """(answer, pieces): iterate pieces to stream the text; once exhausted, `answer.text` and
         `answer.cited` are complete. `answer.sources` is known at once (show them before the text)."""
-        sources = self.search(question, k, mode=mode, path=path)
+        sources = self.search(question, k, mode=mode, path=path, rerank_with=llm if rerank else None)
         answer = Answer(question, "", sources)
 
         def pieces() -> Iterator[str]:
