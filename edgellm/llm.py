@@ -71,6 +71,14 @@ class Perplexity:
         return self.ppl
 
 
+def token_log_probs(logits: np.ndarray, targets: Sequence[int]) -> np.ndarray:
+    """log softmax(logits[i])[targets[i]] for each row i, in float64."""
+    x = logits.astype(np.float64)
+    top = x.max(axis=1)
+    log_z = top + np.log(np.exp(x - top[:, None]).sum(axis=1))
+    return x[np.arange(len(targets)), np.asarray(targets)] - log_z
+
+
 def _check_sampling(temperature: float, top_k: int, top_p: float, min_p: float, repeat_penalty: float) -> None:
     # The core validates too; checking here gives the Python names in the message.
     checks = [
@@ -339,11 +347,8 @@ class LLM:
         for w in range(n_windows):
             window = tokens[w * n_ctx:(w + 1) * n_ctx]
             window[0] = bos
-            logits = self.logits(window)[first:n_ctx - 1].astype(np.float64)
-            m = logits.max(axis=1, keepdims=True)
-            logz = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
-            target = np.asarray(window[first + 1:n_ctx])
-            nll += float((logz - logits[np.arange(len(target)), target]).sum())
+            target = window[first + 1:n_ctx]
+            nll -= float(token_log_probs(self.logits(window)[first:n_ctx - 1], target).sum())
             count += len(target)
             if progress:
                 progress(w + 1, n_windows)
@@ -379,15 +384,24 @@ class LLM:
              stream: bool = False, **kwargs: Any) -> str | Iterator[str]:
         """Renders messages ([{"role": ..., "content": ...}]) with the model's chat template (ChatML
         when the file has none) and generates the assistant's reply. kwargs as for generate."""
+        text = self.render_chat(messages, add_generation_prompt=add_generation_prompt)
+        return self.generate(self.tokenize_prompt(text), max_tokens, stream=stream, **kwargs)
+
+    def render_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> str:
+        """The prompt text of messages under the model's chat template (ChatML when the file has none)."""
         from edgellm.chat import render_chat
 
         model = self._model_handle()
-        text = render_chat(self.chat_template, list(messages), bos_token=self._token_text(model.bos),
+        return render_chat(self.chat_template, list(messages), bos_token=self._token_text(model.bos),
                            eos_token=self._token_text(model.eos), add_generation_prompt=add_generation_prompt)
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokens of a rendered prompt: special-token text parsed, BOS first once (also when the template
+        already wrote it)."""
         ids = self.tokenize(text, add_special=True, parse_special=True)
-        if len(ids) >= 2 and ids[0] == ids[1] == model.bos:
+        if len(ids) >= 2 and ids[0] == ids[1] == self.bos:
             ids = ids[1:]  # the template already wrote BOS
-        return self.generate(ids, max_tokens, stream=stream, **kwargs)
+        return ids
 
     def _token_text(self, token: int) -> str:
         return self.token_to_piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""

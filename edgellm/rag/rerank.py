@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgellm.errors import ContextFullError, InvalidArgumentError
+from edgellm.llm import token_log_probs
 from edgellm.rag.search import SearchResult
 
 # What the model reads before the question. Short and plain: small models follow it.
@@ -52,17 +53,10 @@ class QueryLikelihood:
     def _prompt_tokens(self) -> tuple[list[int], list[int]]:
         """(tokens before the passage, tokens after it up to where the question starts)."""
         if self._prompt is None:
-            from edgellm.chat import render_chat
-
             llm = self.llm
-            text = render_chat(llm.chat_template, [{"role": "user", "content": INSTRUCTION.format(passage=_SLOT)}],
-                               bos_token=llm._token_text(llm.bos), eos_token=llm._token_text(llm.eos),
-                               add_generation_prompt=True)
+            text = llm.render_chat([{"role": "user", "content": INSTRUCTION.format(passage=_SLOT)}])
             before, _, after = text.partition(_SLOT)
-            head = llm.tokenize(before, add_special=True, parse_special=True)
-            if len(head) >= 2 and head[0] == head[1] == llm.bos:
-                head = head[1:]  # the template already wrote BOS
-            self._prompt = head, llm.tokenize(after, add_special=False, parse_special=True)
+            self._prompt = llm.tokenize_prompt(before), llm.tokenize(after, add_special=False, parse_special=True)
         return self._prompt
 
     def scores(self, question: str, passages: Sequence[str]) -> list[float]:
@@ -87,16 +81,8 @@ class QueryLikelihood:
             if len(q) > 1:
                 llm.eval(q[:-1], logits_all=True)
                 rows.append(llm.last_logits())
-            out.append(_mean_log_prob(np.concatenate(rows), q))
+            out.append(float(token_log_probs(np.concatenate(rows), q).mean()))
         return out
-
-
-def _mean_log_prob(logits: np.ndarray, targets: Sequence[int]) -> float:
-    """Mean over rows of log softmax(logits[i])[targets[i]], in float64."""
-    x = logits.astype(np.float64)
-    top = x.max(axis=1)
-    log_z = top + np.log(np.exp(x - top[:, None]).sum(axis=1))
-    return float(np.mean(x[np.arange(len(targets)), targets] - log_z))
 
 
 def depth(k: int) -> int:
