@@ -17,7 +17,7 @@ interval that holds 1 means the text cannot tell the two files apart.
 Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512]
 The goal's text is GPL-3; --text scores another (for plain files, a check that a gap on GPL-3 is not
 that one text's: a calibration text is refused for calibrated methods).
-Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
+Installs llama-cpp-python from its sdist when missing, as bench/run.py does (pip caches the built wheel).
 Writes bench/results/quant_quality-<date>.json and prints a markdown table.
 """
 
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,13 +52,11 @@ LLAMA_FTYPE = {
 }
 
 
-def ensure_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        print("installing llama-cpp-python from its sdist (built once, then cached by pip)...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "install",
-                        "llama-cpp-python"], check=True)
+def load_llama_cpp():
+    """llama-cpp-python, installed when missing; a build that would crash here is refused (run.py)."""
+    from run import ensure_llama_cpp
+
+    ensure_llama_cpp()
     import llama_cpp
 
     return llama_cpp
@@ -140,7 +137,7 @@ def main() -> int:
     from helpers.cache import cache_dir
     from helpers.smollm2 import smollm2_checkpoint
 
-    llama_cpp = ensure_llama_cpp()
+    llama_cpp = load_llama_cpp()
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not set(methods) <= set(METHODS):
@@ -214,4 +211,10 @@ def main() -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.exit(main())
+    from run import BenchError
+
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"bench/quant_quality.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

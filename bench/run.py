@@ -21,7 +21,8 @@ Files (built once, cached under ~/.cache/edgellm-bench or $EDGELLM_BENCH_CACHE):
   smollm2-{q8_0,q4_0,q4_k_m,q6_k}     our converter, from the fp32 SmolLM2 checkpoint of the test fixtures
   llama1b-{q4_0,q4_k_m,q8_0}          our converter, from a synthetic 1.1B llama (TinyLlama shape, random f16
                                       weights, SmolLM2's tokenizer)
-Installs llama-cpp-python from its sdist when missing (pip caches the built wheel).
+Installs llama-cpp-python from its sdist when missing (pip caches the built wheel; on a CPU with AMX it is built
+without AMX, see check_llama_cpp).
 Prints markdown tables; writes every number and the machine description to bench/results/run-<date>.json.
 """
 
@@ -285,14 +286,48 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+# ggml's AMX matmul segfaults on quantized weights on some AMX CPUs (Sapphire Rapids and later; upstream
+# ggml-org/llama.cpp#20824), and a native build (-march=native) compiles it in. On such a CPU the build spells out
+# the instruction sets instead, AMX left out; a CMAKE_ARGS of the user's own wins.
+LLAMA_CPP_NO_AMX = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON "
+                    "-DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF "
+                    "-DGGML_AMX_BF16=OFF")
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return " amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def ensure_llama_cpp() -> None:
-    if importlib.util.find_spec("llama_cpp") is not None:
-        return
-    log(f"installing {LLAMA_CPP_PIN} from its sdist (built once, then cached by pip; takes minutes)...")
-    rc = subprocess.run([sys.executable, "-m", "pip", "install", LLAMA_CPP_PIN], check=False).returncode
-    if rc != 0 or importlib.util.find_spec("llama_cpp") is None:
-        raise BenchError(f"could not install {LLAMA_CPP_PIN} (pip exit status {rc}); install it by hand or "
-                         f"run with --engines edgellm")
+    """Installs llama-cpp-python when missing, then refuses a build that would crash (check_llama_cpp)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        cmd, env = [sys.executable, "-m", "pip", "install", LLAMA_CPP_PIN], dict(os.environ)
+        if cpu_has_amx() and "CMAKE_ARGS" not in env:
+            # a wheel cached from a native build would bring AMX back: build this one afresh
+            cmd.append("--no-cache-dir")
+            env["CMAKE_ARGS"] = LLAMA_CPP_NO_AMX
+        log(f"installing {LLAMA_CPP_PIN} from its sdist (built once, then cached by pip; takes minutes)...")
+        rc = subprocess.run(cmd, env=env, check=False).returncode
+        if rc != 0 or importlib.util.find_spec("llama_cpp") is None:
+            raise BenchError(f"could not install {LLAMA_CPP_PIN} (pip exit status {rc}); install it by hand or "
+                             f"run with --engines edgellm")
+    check_llama_cpp()
+
+
+def check_llama_cpp() -> None:
+    """BenchError when the installed llama-cpp-python uses AMX, whose quantized matmul may segfault here."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    if "AMX_INT8 = 1" in info:
+        raise BenchError(
+            "the installed llama-cpp-python was built with AMX (a native build on this CPU), whose quantized "
+            "matmul can segfault (ggml-org/llama.cpp#20824); rebuild it without: "
+            f"CMAKE_ARGS=\"{LLAMA_CPP_NO_AMX}\" pip install --force-reinstall --no-cache-dir --no-deps "
+            f"{LLAMA_CPP_PIN}")
 
 
 # ------------------------------------------------------------------------------------------- measuring
