@@ -14,7 +14,13 @@ scored tokens: how far quantization moved the model, which perplexity on one tex
 from the paired per-token differences of the two files' NLL on the same tokens (see ratio_interval): an
 interval that holds 1 means the text cannot tell the two files apart.
 
-Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512]
+With --jitter N, the plain files are made again from N copies of the checkpoint whose every weight is
+multiplied by 1 + u 2^-11 (u uniform in [-1, 1], seeds 1..N: below f16's resolution, as a checkpoint saved
+in another precision or by another tool may differ), both sides alike (llama.cpp from an f16 GGUF of each
+copy). Which file a single text prefers can turn on such differences; the mean ratio over the copies, and
+on how many ours is better, say which quantizer is better in expectation.
+
+Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512] [--jitter 5]
 The goal's text is GPL-3; --text scores another (for plain files, a check that a gap on GPL-3 is not
 that one text's: a calibration text is refused for calibrated methods).
 Installs llama-cpp-python from its sdist when missing, as bench/run.py does (pip caches the built wheel).
@@ -27,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -110,6 +117,32 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
     return math.exp(token_nll.mean()), count, (logprobs if reference is None else kl / count), token_nll
 
 
+JITTER = 2.0 ** -11  # relative size of the weight perturbation of --jitter
+
+
+def jittered_checkpoint(src: Path, dst: Path, seed: int) -> Path:
+    """A copy of the checkpoint folder src in dst whose floating-point weights are multiplied by
+    1 + JITTER * u, u uniform in [-1, 1] (numpy generator seeded with seed); other files are linked."""
+    from safetensors.numpy import load_file, save_file
+
+    dst.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for f in sorted(src.iterdir()):
+        target = dst / f.name
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        if f.suffix != ".safetensors":
+            target.symlink_to(f.resolve())
+            continue
+        tensors = load_file(str(f))
+        for name, t in tensors.items():
+            if np.issubdtype(t.dtype, np.floating):
+                u = rng.uniform(-1.0, 1.0, t.shape)
+                tensors[name] = (t * (1.0 + JITTER * u)).astype(t.dtype)
+        save_file(tensors, str(target), metadata={"format": "pt"})
+    return dst
+
+
 def ratio_interval(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
     """95% interval of PPL(ours) / PPL(theirs) from the paired per-token NLL differences on the same
     tokens. Tokens of one window are not independent, so the standard error is the larger of the
@@ -131,6 +164,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text", type=Path, default=EVAL_TEXT, help=f"text to score (default {EVAL_TEXT})")
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
+    ap.add_argument("--jitter", type=int, default=0, metavar="N",
+                    help="also score plain files made from N jittered copies of the checkpoint (see above)")
     args = ap.parse_args()
 
     from edgellm.converters.convert import ConvertOptions, convert
@@ -142,6 +177,8 @@ def main() -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not set(methods) <= set(METHODS):
         ap.error(f"--methods: choose from {', '.join(METHODS)}")
+    if args.jitter < 0 or (args.jitter and "plain" not in methods):
+        ap.error("--jitter: a count >= 0 of copies, for the plain method (keep plain in --methods)")
     work = args.work or (cache_dir() / "bench-quant-quality")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = smollm2_checkpoint()
@@ -187,6 +224,37 @@ def main() -> int:
                   f"{kl_ours:.5f}  llama.cpp {kl_theirs:.5f}  ({t_ours:.0f} s)",
                   file=sys.stderr, flush=True)
 
+    plain = [r for r in rows if r["method"] == "plain"] if args.jitter else []
+    for r in plain:
+        r["jitter"] = {"seeds": [0], "ppl_edgellm": [r["ppl_edgellm"]], "ppl_llamacpp": [r["ppl_llamacpp"]],
+                       "kl_edgellm": [r["kl_edgellm"]], "kl_llamacpp": [r["kl_llamacpp"]]}
+    for seed in range(1, args.jitter + 1):
+        copy = jittered_checkpoint(ckpt, work / "jittered-checkpoint", seed)
+        f16_copy = work / "smollm2-edgellm-f16-jittered.gguf"
+        convert(copy, f16_copy, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
+        for r in plain:
+            ours, theirs = work / "jittered-edgellm.gguf", work / "jittered-llamacpp.gguf"
+            convert(copy, ours, ConvertOptions(quant=r["quant"], n_threads=args.threads, progress=False))
+            llama_quantize(llama_cpp, f16_copy, theirs, r["quant"], args.threads)
+            j = r["jitter"]
+            j["seeds"].append(seed)
+            for path, side in ((ours, "edgellm"), (theirs, "llamacpp")):
+                ppl, _, kl, _ = perplexity(llama_cpp, path, text, args.n_ctx, args.threads, reference)
+                j[f"ppl_{side}"].append(ppl)
+                j[f"kl_{side}"].append(kl)
+                path.unlink()
+            print(f"{r['quant']} jittered copy {seed}: edgellm {j['ppl_edgellm'][-1]:.4f}  llama.cpp "
+                  f"{j['ppl_llamacpp'][-1]:.4f}", file=sys.stderr, flush=True)
+        f16_copy.unlink()
+    if plain:
+        shutil.rmtree(work / "jittered-checkpoint", ignore_errors=True)
+    for r in plain:
+        j = r["jitter"]
+        ratios = np.array(j["ppl_edgellm"]) / np.array(j["ppl_llamacpp"])
+        j["ratios"] = ratios.tolist()
+        j["mean_ratio"] = float(ratios.mean())
+        j["edgellm_better"] = int((ratios < 1).sum())
+
     print(f"\nSmolLM2-135M-Instruct, {args.text}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
           f"PPL by llama.cpp's runtime, {args.threads} threads\n")
     print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | ratio 95% | KL edgellm | KL llama.cpp "
@@ -199,11 +267,22 @@ def main() -> int:
               f"{r['kl_edgellm']:.5f} | {r['kl_llamacpp']:.5f} | "
               f"{r['size_edgellm'] / 1e6:.1f} | {r['size_llamacpp'] / 1e6:.1f} | {r['time_edgellm_s']:.1f} | "
               f"{r['time_llamacpp_s']:.1f} |")
+    if plain:
+        print(f"\nplain files from the checkpoint and {args.jitter} jittered copies (weights x (1 + u 2^-11)): "
+              f"PPL ratio edgellm / llama.cpp\n")
+        print("| quant | copies | ratio (checkpoint) | mean ratio | min - max | edgellm better on | mean KL edgellm "
+              "| mean KL llama.cpp |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in plain:
+            j = r["jitter"]
+            print(f"| {r['quant']} | {len(j['ratios'])} | {j['ratios'][0]:.4f} | {j['mean_ratio']:.4f} | "
+                  f"{min(j['ratios']):.4f} - {max(j['ratios']):.4f} | {j['edgellm_better']} of {len(j['ratios'])} | "
+                  f"{np.mean(j['kl_edgellm']):.5f} | {np.mean(j['kl_llamacpp']):.5f} |")
     out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"text": str(args.text), "n_ctx": args.n_ctx, "threads": args.threads,
                                "calib_texts": CALIB_TEXTS,
-                               "calib_tokens": args.calib_tokens, "llama_cpp_python":
+                               "calib_tokens": args.calib_tokens, "jitter": args.jitter, "llama_cpp_python":
                                getattr(llama_cpp, "__version__", "?"), "rows": rows}, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}", file=sys.stderr)
     return 0

@@ -1,5 +1,7 @@
 // Quantizers of the 32-element block formats q4_0, q4_1, q5_0, q5_1, q8_0.
-// Each block is a small search over f16 scales (and offsets): the plain round-to-nearest scale
+// Without importance weights, q5_0 and q8_0 keep the plain scale and give each element its nearest
+// level (see quantize_row_q5_0). Otherwise each block is a small search over f16 scales (and
+// offsets): the plain round-to-nearest scale
 // is always a candidate, others come from a sweep of the scale that maps the extreme element
 // to the end levels and from weighted least-squares refits. The sweep is screened cheaply (the
 // least-squares error of its rounded levels); the plain scale, the best screened ones and their
@@ -109,10 +111,7 @@ uint16_t search_sym(const float* x, const float* w, int lo, int hi, float d_rtn,
 
 // Symmetric levels [lo, hi] with the block's largest-magnitude weight kept exact: it maps either to
 // the end of its own sign (lo when negative, as plain rounding does) or to the other end's
-// magnitude; the candidate with the lower weighted error wins. Used for Q5_0: on SmolLM2 the free
-// search above lowers the weight RMSE but raises perplexity, while keeping the extreme weight exact
-// lowers both KL divergence and perplexity below plain rounding (bench/quant_kl.py, 1536 tokens:
-// KL 0.105 vs 0.115, PPL 19.76 vs 19.84).
+// magnitude; the candidate with the lower weighted error wins. Used for Q5_0 with importance weights.
 uint16_t search_sym_anchored(const float* x, const float* w, int lo, int hi, int8_t* L) {
     const float max = signed_absmax(x);
     const float d_rtn = max / static_cast<float>(lo);
@@ -198,6 +197,17 @@ uint32_t pack_high_bits(const int8_t* L, int offset) {
     return qh;
 }
 
+// The nearest level in [lo, hi] of every element under the stored f16 scale s (no objective weights:
+// nearest does not depend on them, so no prior is computed).
+void nearest_levels(const float* x, float s, int lo, int hi, int8_t* L) {
+    static constexpr float kOnes[QK] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    if (s != 0)
+        fit_levels(x, kOnes, QK, s, 0.0f, lo, hi, L);
+    else
+        std::memset(L, 0, QK);
+}
+
 }  // namespace
 
 void quantize_row_q4_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
@@ -210,12 +220,28 @@ void quantize_row_q4_0(const float* x, uint8_t* y, int64_t n, const float* imatr
     }
 }
 
+// Without importance weights, q5_0 keeps the plain scale (the block's largest-magnitude weight exact at
+// level -16) and gives every weight its nearest level under the stored f16 scale, as q8_0 does. Other
+// scales lower the weight error and raised perplexity: over six copies of SmolLM2 whose weights were moved
+// by at most 2^-11 of themselves (below f16's resolution), the mean GPL-3 perplexity ratio to llama.cpp's
+// was, for q5_0 / q4_k_m / q3_k_m (which use q5_0 where rows do not fit 256):
+//   this                                                            0.999 / 0.996 / 0.992
+//   the extreme also tried at +15 (step max/15), by weighted error  1.002 / 1.014 / 1.008
+//   the weighted search of search_sym                               1.021 / - / -
+//   a least-squares scale on the plain levels                       1.012 / - / -
+// With importance weights, the extreme is tried at both ends (search_sym_anchored), measured on what matters.
 void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
     int8_t L[QK];
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 22) {
-        float wb[QK];
-        const float* w = block_weights(x, imatrix, b, wb);
-        put_u16(y, search_sym_anchored(x, w, -16, 15, L));
+        const float max = signed_absmax(x);
+        if (imatrix) {
+            float wb[QK];
+            put_u16(y, search_sym_anchored(x, block_weights(x, imatrix, b, wb), -16, 15, L));
+        } else {
+            const uint16_t h = fp32_to_fp16_sat(max / -16.0f);
+            nearest_levels(x, fp16_to_fp32(h), -16, 15, L);
+            put_u16(y, h);
+        }
         const uint32_t qh = pack_high_bits(L, 16);
         std::memcpy(y + 2, &qh, 4);
         pack_nibbles(L, 16, y + 6);
@@ -228,8 +254,6 @@ void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatr
 // in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0 13.412 vs 13.339); with
 // importance weights the search is measured on what matters and stays.
 void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
-    static constexpr float kOnes[QK] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-                                        1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     int8_t L[QK];
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 34) {
         const float amax = std::fabs(signed_absmax(x));
@@ -237,13 +261,8 @@ void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatr
             float wb[QK];
             put_u16(y, search_sym(x, block_weights(x, imatrix, b, wb), -128, 127, amax / 127.0f, 3, L));
         } else {
-            // nearest levels do not depend on the weights: no prior to compute
             const uint16_t h = fp32_to_fp16_sat(amax / 127.0f);
-            const float s = fp16_to_fp32(h);
-            if (s > 0)
-                fit_levels(x, kOnes, QK, s, 0.0f, -127, 127, L);
-            else
-                std::memset(L, 0, QK);
+            nearest_levels(x, fp16_to_fp32(h), -127, 127, L);
             put_u16(y, h);
         }
         std::memcpy(y + 2, L, QK);
