@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -164,11 +163,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from run import BenchError
+    from run import guarded_main
 
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"bench/quant_swap.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(guarded_main("quant_swap.py", main))

@@ -547,6 +547,12 @@ def script_main(script: str, parse_args: Callable[[list[str] | None], argparse.N
         return 2
 
 
+def guarded_main(script: str, main: Callable[[], int]) -> int:
+    """script_main for a script whose main() reads its own options (quant_quality.py, quant_swap.py)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return script_main(script, lambda _argv: argparse.Namespace(), lambda _opts: main(), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     return script_main("run.py", parse_args, run, argv)
 
