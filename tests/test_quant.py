@@ -171,7 +171,7 @@ def test_error_not_worse_than_gguf_py(qtype, smollm2_weights):
         if qtype in (GGMLType.Q8_0, GGMLType.Q5_0):
             # without importance weights q8_0 and q5_0 keep the plain scale (largest weight exact) and
             # give each weight the nearest level under it
-            size = {GGMLType.Q8_0: 34, GGMLType.Q5_0: 22}[qtype]
+            size = type_size(qtype)
             scales = ours_bytes.reshape(-1, size)[:, :2]
             assert np.array_equal(scales, np.asarray(theirs_bytes).reshape(-1, size)[:, :2]), name
         elif qtype in LEGACY and e_theirs > 0:

@@ -234,12 +234,11 @@ void quantize_row_q4_0(const float* x, uint8_t* y, int64_t n, const float* imatr
 void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
     int8_t L[QK];
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 22) {
-        const float max = signed_absmax(x);
         if (imatrix) {
             float wb[QK];
             put_u16(y, search_sym_anchored(x, block_weights(x, imatrix, b, wb), -16, 15, L));
         } else {
-            const uint16_t h = fp32_to_fp16_sat(max / -16.0f);
+            const uint16_t h = fp32_to_fp16_sat(signed_absmax(x) / -16.0f);
             nearest_levels(x, fp16_to_fp32(h), -16, 15, L);
             put_u16(y, h);
         }
