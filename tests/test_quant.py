@@ -169,11 +169,8 @@ def test_error_not_worse_than_gguf_py(qtype, smollm2_weights):
         e_ours, e_theirs = sse(x, ours), sse(x, theirs)
         assert e_ours <= e_theirs * (1 + 1e-9), f"{name}: ours {e_ours:.6g} > gguf-py {e_theirs:.6g}"
         if qtype in (GGMLType.Q8_0, GGMLType.Q5_0):
-            # without importance weights q8_0 and q5_0 keep the plain scale (largest weight exact) and
-            # give each weight the nearest level under it
-            size = type_size(qtype)
-            scales = ours_bytes.reshape(-1, size)[:, :2]
-            assert np.array_equal(scales, np.asarray(theirs_bytes).reshape(-1, size)[:, :2]), name
+            # without importance weights q8_0 and q5_0 are llama.cpp's plain quantizers, byte for byte
+            assert np.array_equal(ours_bytes, np.asarray(theirs_bytes).reshape(ours_bytes.shape)), name
         elif qtype in LEGACY and e_theirs > 0:
             assert e_ours < 0.98 * e_theirs, f"{name}: the scale search should beat plain rounding"
 

@@ -1,6 +1,6 @@
 // Quantizers of the 32-element block formats q4_0, q4_1, q5_0, q5_1, q8_0.
-// Without importance weights, q5_0 and q8_0 keep the plain scale and give each element its nearest
-// level (see quantize_row_q5_0). Otherwise each block is a small search over f16 scales (and
+// Without importance weights, q5_0 and q8_0 are llama.cpp's plain quantizers, byte for byte (see
+// quantize_row_q5_0). Otherwise each block is a small search over f16 scales (and
 // offsets): the plain round-to-nearest scale
 // is always a candidate, others come from a sweep of the scale that maps the extreme element
 // to the end levels and from weighted least-squares refits. The sweep is screened cheaply (the
@@ -8,6 +8,7 @@
 // refits are scored exactly, with their stored f16 values and the best level per element, so the
 // result is never worse than plain rounding in sum_j w_j (x_j - deq_j)^2 (w: importance weights,
 // or the prior sqrt(sigma2 + x^2) of qsearch.h without them).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -208,6 +209,33 @@ void nearest_levels(const float* x, float s, int lo, int hi, int8_t* L) {
         std::memset(L, 0, QK);
 }
 
+// Plain quantization of a block with scale d (the extreme weight exact at one end level), rounded as
+// llama.cpp's reference quantizer and gguf-py round: each weight's level comes from x * (1/d) with the
+// unrounded scale, so the block's bytes are theirs. Only where the f16 scale is not close to d (a scale
+// that underflows to a subnormal or zero, or saturates at 65504) does each weight get the nearest level
+// under the stored scale instead. q8_0 rounds half away from zero (ggml's roundf); q5_0 takes
+// trunc(x/d + 16.5), capped at level 15 (ggml's (int8_t)(x*id + 16.5f), MIN 31).
+enum class Rounding { kRoundf, kTruncHalfUp };
+
+uint16_t plain_block(const float* x, float d, int lo, int hi, Rounding rounding, int8_t* L) {
+    const uint16_t h = fp32_to_fp16_sat(d);
+    const float s = fp16_to_fp32(h);
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    constexpr float kMinNormalF16 = 6.103515625e-05f;  // 2^-14
+    if (std::fabs(s) < kMinNormalF16 || std::fabs(d) > 65504.0f || !std::isfinite(id)) {
+        nearest_levels(x, s, lo, hi, L);
+        return h;
+    }
+    const float offset = 0.5f - static_cast<float>(lo);  // 16.5 for q5_0: one addition, as ggml's
+    for (int j = 0; j < QK; ++j) {
+        const float v = x[j] * id;
+        const int q = rounding == Rounding::kRoundf ? static_cast<int>(std::roundf(v))
+                                                    : static_cast<int>(v + offset) + lo;
+        L[j] = static_cast<int8_t>(std::clamp(q, lo, hi));
+    }
+    return h;
+}
+
 }  // namespace
 
 void quantize_row_q4_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
@@ -220,16 +248,16 @@ void quantize_row_q4_0(const float* x, uint8_t* y, int64_t n, const float* imatr
     }
 }
 
-// Without importance weights, q5_0 keeps the plain scale (the block's largest-magnitude weight exact at
-// level -16) and gives every weight its nearest level under the stored f16 scale, as q8_0 does. Other
-// scales lower the weight error and raised perplexity: over six copies of SmolLM2 whose weights were moved
-// by at most 2^-11 of themselves (below f16's resolution; seeds 1000-1005), the mean GPL-3 perplexity
-// ratio to llama.cpp's was, for q5_0 / q4_k_m / q3_k_m (which use q5_0 where rows do not fit 256):
-//   this                                                            0.999 / 0.996 / 0.992
+// Without importance weights, q5_0 is llama.cpp's plain quantizer (scale max/-16, the block's
+// largest-magnitude weight exact at level -16, rounded as ggml rounds): its bytes are gguf-py's. Every
+// other rule tried lowered the weight error and not the perplexity: over six copies of SmolLM2 whose
+// weights were moved by at most 2^-11 of themselves (below f16's resolution; seeds 1000-1005), the mean
+// GPL-3 perplexity ratio to llama.cpp's was, for q5_0 / q4_k_m / q3_k_m (which use q5_0 where rows do not
+// fit 256):
+//   the plain scale, the nearest level under the stored f16 scale    0.999 / 0.996 / 0.992
 //   the extreme also tried at +15 (step max/15), by weighted error  1.002 / 1.014 / 1.008
 //   the weighted search of search_sym                               1.021 / - / -
 //   a least-squares scale on the plain levels                       1.012 / - / -
-// (bench/quant_quality.py --jitter 5, seeds 1-5 and the checkpoint: this 1.000 / 0.998 / 0.993.)
 // With importance weights, the extreme is tried at both ends (search_sym_anchored), measured on what matters.
 void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
     int8_t L[QK];
@@ -238,9 +266,7 @@ void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatr
             float wb[QK];
             put_u16(y, search_sym_anchored(x, block_weights(x, imatrix, b, wb), -16, 15, L));
         } else {
-            const uint16_t h = fp32_to_fp16_sat(signed_absmax(x) / -16.0f);
-            nearest_levels(x, fp16_to_fp32(h), -16, 15, L);
-            put_u16(y, h);
+            put_u16(y, plain_block(x, signed_absmax(x) / -16.0f, -16, 15, Rounding::kTruncHalfUp, L));
         }
         const uint32_t qh = pack_high_bits(L, 16);
         std::memcpy(y + 2, &qh, 4);
@@ -248,11 +274,12 @@ void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatr
     }
 }
 
-// Without importance weights, q8_0 keeps the plain scale (largest weight exact at +-127) and gives
-// every weight its nearest level under the stored f16 scale (ggml rounds against the unrounded one).
-// The free search lowers the weight RMSE (0.88x) but raised SmolLM2's perplexity on two license texts
-// in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0 13.412 vs 13.339); with
-// importance weights the search is measured on what matters and stays.
+// Without importance weights, q8_0 is llama.cpp's plain quantizer (scale amax/127, rounded as ggml
+// rounds): its bytes are gguf-py's. The free search lowers the weight RMSE (0.88x) but raised SmolLM2's
+// perplexity on two license texts in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0
+// 13.412 vs 13.339), and the nearest level under the stored f16 scale lost to ggml's rounding on five
+// of six jittered copies (mean ratio 1.0005); with importance weights the search is measured on what
+// matters and stays.
 void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
     int8_t L[QK];
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 34) {
@@ -261,9 +288,7 @@ void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatr
             float wb[QK];
             put_u16(y, search_sym(x, block_weights(x, imatrix, b, wb), -128, 127, amax / 127.0f, 3, L));
         } else {
-            const uint16_t h = fp32_to_fp16_sat(amax / 127.0f);
-            nearest_levels(x, fp16_to_fp32(h), -127, 127, L);
-            put_u16(y, h);
+            put_u16(y, plain_block(x, amax / 127.0f, -127, 127, Rounding::kRoundf, L));
         }
         std::memcpy(y + 2, L, QK);
     }
