@@ -175,6 +175,36 @@ def test_error_not_worse_than_gguf_py(qtype, smollm2_weights):
             assert e_ours < 0.98 * e_theirs, f"{name}: the scale search should beat plain rounding"
 
 
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_1], ids=lambda t: t.name)
+def test_requantizing_a_dequantized_tensor_keeps_its_grid(qtype):
+    """Weights dequantized from a block format and stored as f16 (a checkpoint made from a GGUF, or trained
+    for the format) lie on that format's grid up to f16 rounding: the searching quantizers keep the plain
+    grid instead of fitting the rounding, so the bytes are gguf-py's plain quantization of the same input."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((256, 1024)) * 0.05 + rng.standard_t(3, (256, 1024)) * 0.01).astype(np.float32)
+    x = ref_dequantize(np.asarray(gguf.quants.quantize(w, GT(int(qtype)))), qtype, w.shape)
+    x = x.astype(np.float16).astype(np.float32)
+    ours = quantize(x, qtype)
+    theirs = np.asarray(gguf.quants.quantize(x, GT(int(qtype)))).reshape(ours.shape)
+    size = type_size(qtype)
+    differ = np.flatnonzero((ours.reshape(-1, size) != theirs.reshape(-1, size)).any(axis=1))
+    assert differ.size == 0, f"{differ.size} of {ours.size // size} blocks left the grid, first {differ[0]}"
+
+
+def test_requantizing_smollm2_q4_1_as_f16_gives_its_bytes_back():
+    """SmolLM2's own Q4_1 tensors, dequantized and rounded to f16, quantize to the file's bytes again."""
+    reader = gguf.GGUFReader(str(smollm2_gguf_path()))
+    tensors = [t for t in reader.tensors if t.tensor_type == GT.Q4_1 and t.name.startswith(("blk.0.", "blk.15."))]
+    assert len(tensors) == 14
+    for t in tensors:
+        data = np.asarray(t.data)
+        x = np.asarray(gguf.quants.dequantize(data, GT.Q4_1), dtype=np.float32)
+        x = x.reshape(-1, x.shape[-1]).astype(np.float16).astype(np.float32)
+        ours = quantize(x, GGMLType.Q4_1).reshape(-1, 20)
+        differ = np.flatnonzero((ours != data.reshape(-1, 20)).any(axis=1))
+        assert differ.size == 0, f"{t.name}: {differ.size} blocks differ from the file's, first {differ[0]}"
+
+
 def absmax_rtn(x: np.ndarray, sub: int, bits: int) -> np.ndarray:
     """Baseline: symmetric round-to-nearest per sub-block, extreme value -> lowest level, float scales."""
     b = x.reshape(-1, sub).astype(np.float32)
