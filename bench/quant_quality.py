@@ -1,10 +1,12 @@
 """Quantization quality: SmolLM2 converted by edgellm versus quantized by llama.cpp, per --quant type.
 
-Not a test. For each type: our converter makes the GGUF straight from the fp32 checkpoint, plain and (with
---methods) calibrated: `imatrix` (importance-weighted quantization) and `awq` (AWQ scales folded, then
-importance-weighted), calibrated on other license texts (CALIB_TEXTS, never the eval text); llama.cpp
-quantizes our f16 GGUF of the same checkpoint with `llama_model_quantize` (plain). Every file is scored with
-llama.cpp's runtime (llama-cpp-python) on the same text, windows and threads:
+Not a test. Both sides start from the same f16 source: the SmolLM2 checkpoint with its weights stored as
+float16 (as a released checkpoint is f16 or bf16; the test fixture's fp32 weights, dequantized from a Q4_1
+file, are not, and --source f32 keeps them). For each type: our converter makes the GGUF straight from that
+checkpoint, plain and (with --methods) calibrated: `imatrix` (importance-weighted quantization) and `awq`
+(AWQ scales folded, then importance-weighted), calibrated on other license texts (CALIB_TEXTS, never the
+eval text); llama.cpp quantizes our f16 GGUF of the same checkpoint with `llama_model_quantize` (plain).
+Every file is scored with llama.cpp's runtime (llama-cpp-python) on the same text, windows and threads:
 
     windows of n_ctx tokens, BOS first, the second half of each window scored, PPL = exp(mean NLL).
 
@@ -14,13 +16,15 @@ scored tokens: how far quantization moved the model, which perplexity on one tex
 from the paired per-token differences of the two files' NLL on the same tokens (see ratio_interval): an
 interval that holds 1 means the text cannot tell the two files apart.
 
-With --jitter N, the plain files are made again from N copies of the checkpoint whose every weight is
+With --jitter N, the plain files are made again from N copies of the fp32 checkpoint whose every weight is
 multiplied by 1 + u 2^-11 (u uniform in [-1, 1], seeds 1..N: below f16's resolution, as a checkpoint saved
-in another precision or by another tool may differ), both sides alike (llama.cpp from an f16 GGUF of each
-copy). Which file a single text prefers can turn on such differences; the mean ratio over the copies, and
-on how many ours is better, say which quantizer is better in expectation.
+in another precision or by another tool may differ), then stored as the source is, both sides alike
+(llama.cpp from an f16 GGUF of each copy). Which file a single text prefers can turn on such differences;
+the mean ratio over the copies, and on how many ours is better, say which quantizer is better in
+expectation.
 
 Run: python bench/quant_quality.py [--types q4_0,q4_k_m] [--methods plain,imatrix,awq] [--n-ctx 512] [--jitter 5]
+                                   [--source f16|f32]
 The goal's text is GPL-3; --text scores another (for plain files, a check that a gap on GPL-3 is not
 that one text's: a calibration text is refused for calibrated methods).
 Installs llama-cpp-python from its sdist when missing, as bench/run.py does (pip caches the built wheel).
@@ -119,9 +123,10 @@ def perplexity(llama_cpp, path: Path, text: str, n_ctx: int, threads: int,
 JITTER = 2.0 ** -11  # relative size of the weight perturbation of --jitter
 
 
-def jittered_checkpoint(src: Path, dst: Path, seed: int) -> Path:
-    """A copy of the checkpoint folder src in dst whose floating-point weights are multiplied by
-    1 + JITTER * u, u uniform in [-1, 1] (numpy generator seeded with seed); other files are linked."""
+def checkpoint_copy(src: Path, dst: Path, dtype: str, seed: int = 0) -> Path:
+    """A copy of the checkpoint folder src in dst whose floating-point weights are stored as dtype ("f16",
+    or "f32": as they are), after (with a seed other than 0) multiplying each by 1 + JITTER * u, u uniform in
+    [-1, 1] from a numpy generator seeded with seed. Other files are linked."""
     from safetensors.numpy import load_file, save_file
 
     dst.mkdir(parents=True, exist_ok=True)
@@ -136,8 +141,9 @@ def jittered_checkpoint(src: Path, dst: Path, seed: int) -> Path:
         tensors = load_file(str(f))
         for name, t in tensors.items():
             if np.issubdtype(t.dtype, np.floating):
-                u = rng.uniform(-1.0, 1.0, t.shape)
-                tensors[name] = (t * (1.0 + JITTER * u)).astype(t.dtype)
+                if seed:
+                    t = t * (1.0 + JITTER * rng.uniform(-1.0, 1.0, t.shape))
+                tensors[name] = t.astype(np.float16 if dtype == "f16" else tensors[name].dtype)
         save_file(tensors, str(target), metadata={"format": "pt"})
     return dst
 
@@ -163,6 +169,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text", type=Path, default=EVAL_TEXT, help=f"text to score (default {EVAL_TEXT})")
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
+    ap.add_argument("--source", choices=["f16", "f32"], default="f16",
+                    help="the weights both sides start from: the checkpoint as f16 (default) or its fp32 weights")
     ap.add_argument("--jitter", type=int, default=0, metavar="N",
                     help="also score plain files made from N jittered copies of the checkpoint (see above)")
     args = ap.parse_args()
@@ -181,6 +189,8 @@ def main() -> int:
     work = args.work or (cache_dir() / "bench-quant-quality")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = smollm2_checkpoint()
+    if args.source == "f16":
+        ckpt = checkpoint_copy(ckpt, work / "smollm2-135m-instruct-f16", "f16")
     calib = work / "calib-licenses.txt"
     calib_files = {(EVAL_TEXT.parent / name).resolve() for name in CALIB_TEXTS} | {calib.resolve()}
     if methods != ["plain"] and args.text.resolve() in calib_files:
@@ -189,8 +199,7 @@ def main() -> int:
     calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
 
     f16_src = work / "smollm2-edgellm-f16.gguf"
-    if not f16_src.exists():
-        convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
+    convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
     # KL divergence from the f16 file both sides quantize from, on the same scored tokens
     _, _, reference, _ = perplexity(llama_cpp, f16_src, text, args.n_ctx, args.threads, source=args.text)
 
@@ -228,7 +237,7 @@ def main() -> int:
         r["jitter"] = {"seeds": [0], "ppl_edgellm": [r["ppl_edgellm"]], "ppl_llamacpp": [r["ppl_llamacpp"]],
                        "kl_edgellm": [r["kl_edgellm"]], "kl_llamacpp": [r["kl_llamacpp"]]}
     for seed in range(1, args.jitter + 1):
-        copy = jittered_checkpoint(ckpt, work / "jittered-checkpoint", seed)
+        copy = checkpoint_copy(smollm2_checkpoint(), work / "jittered-checkpoint", args.source, seed)
         f16_copy = work / "smollm2-edgellm-f16-jittered.gguf"
         convert(copy, f16_copy, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))
         for r in plain:
@@ -254,8 +263,8 @@ def main() -> int:
         j["mean_ratio"] = float(ratios.mean())
         j["edgellm_better"] = int((ratios < 1).sum())
 
-    print(f"\nSmolLM2-135M-Instruct, {args.text}, n_ctx {args.n_ctx}, {rows[0]['scored_tokens']} scored tokens, "
-          f"PPL by llama.cpp's runtime, {args.threads} threads\n")
+    print(f"\nSmolLM2-135M-Instruct ({args.source} source), {args.text}, n_ctx {args.n_ctx}, "
+          f"{rows[0]['scored_tokens']} scored tokens, PPL by llama.cpp's runtime, {args.threads} threads\n")
     print("| quant | method | PPL edgellm | PPL llama.cpp (plain) | ratio | ratio 95% | KL edgellm | KL llama.cpp "
           "| size edgellm MB | size llama.cpp MB | convert s | quantize s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -279,7 +288,8 @@ def main() -> int:
                   f"{np.mean(j['kl_edgellm']):.5f} | {np.mean(j['kl_llamacpp']):.5f} |")
     out = ROOT / "bench" / "results" / f"quant_quality-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"text": str(args.text), "n_ctx": args.n_ctx, "threads": args.threads,
+    out.write_text(json.dumps({"source": args.source, "text": str(args.text), "n_ctx": args.n_ctx,
+                               "threads": args.threads,
                                "calib_texts": CALIB_TEXTS,
                                "calib_tokens": args.calib_tokens, "jitter": args.jitter, "llama_cpp_python":
                                getattr(llama_cpp, "__version__", "?"), "rows": rows}, indent=2))

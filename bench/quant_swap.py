@@ -1,10 +1,11 @@
 """Where a gap between our file and llama.cpp's comes from: swap one tensor group at a time.
 
 Not a test. For one --quant type, SmolLM2 is converted by us (plain) and quantized by llama.cpp from our f16
-GGUF, as in bench/quant_quality.py. Both files have the same type for every tensor, so each group of tensors
-(a category such as attn_v, at one type) can be copied from llama.cpp's file into ours byte for byte. For
-each hybrid file, the table gives the perplexity and the mean KL divergence from the f16 file (llama.cpp's
-runtime, on --text, windows as in quant_quality.py), next to two errors of that group, ours over llama.cpp's:
+GGUF, both from the same source checkpoint (f16 unless --source f32), as in bench/quant_quality.py. Both
+files have the same type for every tensor, so each group of tensors (a category such as attn_v, at one
+type) can be copied from llama.cpp's file into ours byte for byte. For each hybrid file, the table gives the
+perplexity and the mean KL divergence from the f16 file (llama.cpp's runtime, on --text, windows as in
+quant_quality.py), next to two errors of that group, ours over llama.cpp's:
 
   weight    sum (Q - W)^2 over the group's weights (W: the f16 file's)
   output    sum ((Q - W) x)^2 over input rows x sampled from the calibration texts (quant_quality.py's
@@ -14,7 +15,7 @@ A group whose swap lowers KL while our error in it is lower too is not worse qua
 response to the sum of every tensor's error has cross terms, so swapping one group moves KL by an amount
 that has nothing to do with that group's own error.
 
-Run: python bench/quant_swap.py [--quant q4_k_m] [--text FILE] [--threads 2]
+Run: python bench/quant_swap.py [--quant q4_k_m] [--text FILE] [--threads 2] [--source f16|f32]
 Writes bench/results/quant_swap-<date>.json and prints a markdown table.
 """
 
@@ -36,6 +37,7 @@ from quant_quality import (  # bench/ is the script's folder: on sys.path
     CALIB_TEXTS,
     EVAL_TEXT,
     LLAMA_FTYPE,
+    checkpoint_copy,
     llama_quantize,
     load_llama_cpp,
     perplexity,
@@ -80,6 +82,8 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
+    ap.add_argument("--source", choices=["f16", "f32"], default="f16",
+                    help="the weights both sides start from: the checkpoint as f16 (default) or its fp32 weights")
     args = ap.parse_args()
 
     from edgellm.converters.convert import ConvertOptions, convert
@@ -93,6 +97,8 @@ def main() -> int:
     work = args.work or (cache_dir() / "bench-quant-swap")
     work.mkdir(parents=True, exist_ok=True)
     ckpt = smollm2_checkpoint()
+    if args.source == "f16":
+        ckpt = checkpoint_copy(ckpt, work / "smollm2-135m-instruct-f16", "f16")
     text = args.text.read_text()
     calib = work / "calib-licenses.txt"
     calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
@@ -154,8 +160,8 @@ def main() -> int:
               f"{r['kl'] - kl_ours:+.5f} | {r['weight_err_ratio']:.3f} | {r['output_err_ratio']:.3f} |")
     out = ROOT / "bench" / "results" / f"quant_swap-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"quant": args.quant, "text": str(args.text), "n_ctx": args.n_ctx,
-                               "threads": args.threads, "calib_texts": CALIB_TEXTS,
+    out.write_text(json.dumps({"quant": args.quant, "source": args.source, "text": str(args.text),
+                               "n_ctx": args.n_ctx, "threads": args.threads, "calib_texts": CALIB_TEXTS,
                                "ours": {"ppl": ppl_ours, "kl": kl_ours},
                                "llamacpp": {"ppl": ppl_theirs, "kl": kl_theirs}, "rows": rows}, indent=2))
     print(f"\nwrote {out.relative_to(ROOT)}", file=sys.stderr)
