@@ -271,11 +271,12 @@ void quantize_row_q4_0(const float* x, uint8_t* y, int64_t n, const float* imatr
 }
 
 // Without importance weights, q5_0 is llama.cpp's plain quantizer (scale max/-16, the block's
-// largest-magnitude weight exact at level -16, rounded as ggml rounds): its bytes are gguf-py's. Every
-// other rule tried lowered the weight error and not the perplexity: over six copies of SmolLM2 whose
-// weights were moved by at most 2^-11 of themselves (below f16's resolution; seeds 1000-1005), the mean
-// GPL-3 perplexity ratio to llama.cpp's was, for q5_0 / q4_k_m / q3_k_m (which use q5_0 where rows do not
-// fit 256):
+// largest-magnitude weight exact at level -16, rounded as ggml rounds): its bytes are gguf-py's, and
+// llama-quantize's from the same f16 weights. Rules that lower the weight error did not lower perplexity:
+// over six copies of SmolLM2's fp32 weights moved by at most 2^-11 of themselves (below f16's
+// resolution; seeds 1000-1005), the mean GPL-3 perplexity ratio to llama.cpp's (quantizing f16 copies)
+// was, for q5_0 / q4_k_m / q3_k_m (which use q5_0 where rows do not fit 256):
+//   this (bench --jitter 5, results quant_quality-20261125-155238)  1.000 / - / -
 //   the plain scale, the nearest level under the stored f16 scale    0.999 / 0.996 / 0.992
 //   the extreme also tried at +15 (step max/15), by weighted error  1.002 / 1.014 / 1.008
 //   the weighted search of search_sym                               1.021 / - / -
@@ -297,11 +298,11 @@ void quantize_row_q5_0(const float* x, uint8_t* y, int64_t n, const float* imatr
 }
 
 // Without importance weights, q8_0 is llama.cpp's plain quantizer (scale amax/127, rounded as ggml
-// rounds): its bytes are gguf-py's. The free search lowers the weight RMSE (0.88x) but raised SmolLM2's
-// perplexity on two license texts in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0
-// 13.412 vs 13.339), and the nearest level under the stored f16 scale lost to ggml's rounding on five
-// of six jittered copies (mean ratio 1.0005); with importance weights the search is measured on what
-// matters and stays.
+// rounds): its bytes are gguf-py's, and llama-quantize's from the same f16 weights. The nearest level
+// under the stored f16 scale was no better (jittered copies as for q5_0: mean ratio 1.0005, against this
+// rule's 1.0006); the free search lowers the weight RMSE (0.88x) but raised SmolLM2's perplexity on two
+// license texts in llama.cpp's runtime (GPL-3 18.504 vs 18.428, Apache-2.0 + MPL-2.0 13.412 vs 13.339).
+// With importance weights the search is measured on what matters and stays.
 void quantize_row_q8_0(const float* x, uint8_t* y, int64_t n, const float* imatrix) {
     int8_t L[QK];
     for (int64_t b = 0; b < n / QK; ++b, x += QK, y += 34) {
