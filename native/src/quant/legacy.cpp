@@ -95,8 +95,9 @@ uint16_t search_sym(const float* x, const float* w, int lo, int hi, float d_rtn,
     uint16_t best_h = 0;
     int8_t tmp[QK];
     Tried tried;
-    // Tries scale d, then refits d by least squares on the levels found; keeps the best.
-    auto attempt = [&](float d, int refits) {
+    // Tries scale d, then refits d by least squares on the levels found; keeps the best. With keep_grid,
+    // returns true when d itself already holds the block on its grid (on_grid): kept, no refit.
+    auto attempt = [&](float d, int refits, bool keep_grid = false) {
         for (int r = 0; r <= refits; ++r) {
             const uint16_t h = fp32_to_fp16_sat(d);
             if (!tried.insert(h)) break;
@@ -107,16 +108,15 @@ uint16_t search_sym(const float* x, const float* w, int lo, int hi, float d_rtn,
                 best_h = h;
                 std::memcpy(L, tmp, QK);
             }
+            if (keep_grid && r == 0 && on_grid(x, tmp, s, 0.0f)) return true;
             if (r == refits || !(z.sqq > 0)) break;
             d = z.sxq / z.sqq;
         }
+        return false;
     };
     const float max = signed_absmax(x);
-    const uint16_t h_rtn = fp32_to_fp16_sat(d_rtn);
-    fit_levels(x, w, QK, fp16_to_fp32(h_rtn), 0.0f, lo, hi, L);
-    if (max != 0 && on_grid(x, L, fp16_to_fp32(h_rtn), 0.0f)) return h_rtn;
-    attempt(d_rtn, max == 0 ? 0 : 2);  // plain rounding first, then its refits
-    if (max == 0) return best_h;
+    // plain rounding first, then its refits
+    if (attempt(d_rtn, max == 0 ? 0 : 2, true) || max == 0) return best_h;
     TopK top;
     for (int k = -nstep; k <= nstep; ++k)
         for (const float end : {static_cast<float>(lo) - 0.1f * k, static_cast<float>(hi) + 0.1f * k}) {
@@ -168,8 +168,9 @@ void search_asym(const float* x, const float* w, int nmax, int nstep, uint16_t& 
         m = static_cast<float>((sqq * sx - sq * sxq) / det);
         return true;
     };
-    // Tries (d, m), then refits both by weighted least squares on the levels found.
-    auto attempt = [&](float d, float m, int refits) {
+    // Tries (d, m), then refits both by weighted least squares on the levels found. With keep_grid,
+    // returns true when (d, m) itself already holds the block on its grid (as search_sym's attempt).
+    auto attempt = [&](float d, float m, int refits, bool keep_grid = false) {
         for (int r = 0; r <= refits; ++r) {
             const uint16_t h1 = fp32_to_fp16_sat(d), h2 = fp32_to_fp16_sat(m);
             if (!tried.insert(static_cast<uint32_t>(h1) << 16 | h2)) break;
@@ -181,16 +182,13 @@ void search_asym(const float* x, const float* w, int nmax, int nstep, uint16_t& 
                 hm = h2;
                 std::memcpy(L, tmp, QK);
             }
+            if (keep_grid && r == 0 && on_grid(x, tmp, s, off)) return true;
             if (r == refits || !solve(z.sq, z.sqq, z.sxq, d, m)) break;
         }
+        return false;
     };
-    const float d_rtn = (max - min) / static_cast<float>(nmax);
-    hd = fp32_to_fp16_sat(d_rtn);
-    hm = fp32_to_fp16_sat(min);
-    fit_levels(x, w, QK, fp16_to_fp32(hd), -fp16_to_fp32(hm), 0, nmax, L);
-    if (max != min && on_grid(x, L, fp16_to_fp32(hd), fp16_to_fp32(hm))) return;
-    attempt(d_rtn, min, max == min ? 0 : 2);  // plain rounding, refits
-    if (max == min) return;
+    // plain rounding, refits
+    if (attempt((max - min) / static_cast<float>(nmax), min, max == min ? 0 : 2, true) || max == min) return;
     TopK top;
     for (int k = -nstep; k <= nstep; ++k) {
         const RoundSums r = round_sums(x, w, QK, (static_cast<float>(nmax) + 0.1f * k) / (max - min), -min, 0, nmax);
