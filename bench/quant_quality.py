@@ -148,6 +148,25 @@ def checkpoint_copy(src: Path, dst: Path, dtype: str, seed: int = 0) -> Path:
     return dst
 
 
+def add_source_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--source", choices=["f16", "f32"], default="f16",
+                    help="the weights both sides start from: the checkpoint as f16 (default) or its fp32 weights")
+
+
+def source_checkpoint(work: Path, source: str) -> Path:
+    """The SmolLM2 checkpoint both sides start from: the test fixture's fp32 folder, or its f16 copy in work."""
+    from helpers.smollm2 import smollm2_checkpoint
+
+    ckpt = smollm2_checkpoint()
+    return checkpoint_copy(ckpt, work / "smollm2-135m-instruct-f16", "f16") if source == "f16" else ckpt
+
+
+def write_calib_text(path: Path) -> Path:
+    """The calibration texts (CALIB_TEXTS) joined into one file."""
+    path.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
+    return path
+
+
 def ratio_interval(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
     """95% interval of PPL(ours) / PPL(theirs) from the paired per-token NLL differences on the same
     tokens. Tokens of one window are not independent, so the standard error is the larger of the
@@ -169,8 +188,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--text", type=Path, default=EVAL_TEXT, help=f"text to score (default {EVAL_TEXT})")
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
-    ap.add_argument("--source", choices=["f16", "f32"], default="f16",
-                    help="the weights both sides start from: the checkpoint as f16 (default) or its fp32 weights")
+    add_source_option(ap)
     ap.add_argument("--jitter", type=int, default=0, metavar="N",
                     help="also score plain files made from N jittered copies of the checkpoint (see above)")
     args = ap.parse_args()
@@ -188,15 +206,13 @@ def main() -> int:
         ap.error("--jitter: a count >= 0 of copies, for the plain method (keep plain in --methods)")
     work = args.work or (cache_dir() / "bench-quant-quality")
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = smollm2_checkpoint()
-    if args.source == "f16":
-        ckpt = checkpoint_copy(ckpt, work / "smollm2-135m-instruct-f16", "f16")
+    ckpt = source_checkpoint(work, args.source)
     calib = work / "calib-licenses.txt"
     calib_files = {(EVAL_TEXT.parent / name).resolve() for name in CALIB_TEXTS} | {calib.resolve()}
     if methods != ["plain"] and args.text.resolve() in calib_files:
         ap.error(f"--text {args.text}: a calibration text; score calibrated methods on another")
     text = args.text.read_text()
-    calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
+    write_calib_text(calib)
 
     f16_src = work / "smollm2-edgellm-f16.gguf"
     convert(ckpt, f16_src, ConvertOptions(quant="f16", n_threads=args.threads, progress=False))

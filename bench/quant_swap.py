@@ -37,10 +37,12 @@ from quant_quality import (  # bench/ is the script's folder: on sys.path
     CALIB_TEXTS,
     EVAL_TEXT,
     LLAMA_FTYPE,
-    checkpoint_copy,
+    add_source_option,
     llama_quantize,
     load_llama_cpp,
     perplexity,
+    source_checkpoint,
+    write_calib_text,
 )
 
 
@@ -82,13 +84,11 @@ def main() -> int:
     ap.add_argument("--n-ctx", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=None, help="folder for the GGUF files (default: test cache)")
-    ap.add_argument("--source", choices=["f16", "f32"], default="f16",
-                    help="the weights both sides start from: the checkpoint as f16 (default) or its fp32 weights")
+    add_source_option(ap)
     args = ap.parse_args()
 
     from edgellm.converters.convert import ConvertOptions, convert
     from helpers.cache import cache_dir
-    from helpers.smollm2 import smollm2_checkpoint
 
     llama_cpp = load_llama_cpp()
     calib_files = {(EVAL_TEXT.parent / name).resolve() for name in CALIB_TEXTS}
@@ -96,12 +96,9 @@ def main() -> int:
         ap.error(f"--text {args.text}: a calibration text (the output errors are measured on those)")
     work = args.work or (cache_dir() / "bench-quant-swap")
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = smollm2_checkpoint()
-    if args.source == "f16":
-        ckpt = checkpoint_copy(ckpt, work / "smollm2-135m-instruct-f16", "f16")
+    ckpt = source_checkpoint(work, args.source)
     text = args.text.read_text()
-    calib = work / "calib-licenses.txt"
-    calib.write_text("\n\n".join((EVAL_TEXT.parent / name).read_text() for name in CALIB_TEXTS))
+    calib = write_calib_text(work / "calib-licenses.txt")
 
     f16 = work / "smollm2-edgellm-f16.gguf"
     ours = work / f"smollm2-edgellm-{args.quant}.gguf"
